@@ -1,0 +1,1 @@
+"""Frontends: PyTorch modules and ONNX files into mcc's graph IR."""
