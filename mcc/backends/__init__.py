@@ -1,0 +1,1 @@
+"""Backends: lower an mcc graph to ONNX, a plain torch module, or TVM-compiled code."""

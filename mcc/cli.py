@@ -1,0 +1,322 @@
+"""The ``mcc`` command line.
+
+Every user-facing failure is an :class:`mcc.MccError`: it is printed as one line on stderr and
+the command exits with status 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from mcc.errors import MccError
+
+MODEL_HELP = ("the model: an .onnx file, a torch.export .pt2 file, a pickled .pt file "
+              "(with --unsafe-load), package.module:function returning an nn.Module, or a "
+              "torchvision model name such as resnet18 (random weights)")
+
+
+def main(argv: typing.Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except MccError as exc:
+        print(f"mcc: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mcc: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcc",
+        description="mcc, the model compression compiler: trace a model into a graph, run "
+                    "compression passes over it (a pipeline spec such as "
+                    "'fold-bn,prune-channels{ratio=0.3},quantize'), and measure what changed.",
+        epilog="Run 'mcc COMMAND --help' for a command's options; 'mcc passes' lists the passes.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("passes", help="list the passes with their options and docs",
+                       description="List every registered pass: its name, one-line doc and options "
+                                   "(type, default, allowed values).")
+    p.add_argument("name", nargs="?", help="show only this pass, with its full doc")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(run=cmd_passes)
+
+    p = sub.add_parser("compress", help="run a pipeline over a model and write the result",
+                       description="Trace MODEL, run the pipeline, write OUT (.onnx, .pt2 or .pt) "
+                                   "atomically, and print the before/after report.")
+    _model_args(p)
+    p.add_argument("--pipeline", "-p", required=True, metavar="SPEC",
+                   help="the passes to run, e.g. 'fold-bn,prune-channels{ratio=0.3}'")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="where to write the compressed model: .onnx, .pt2 (torch.export) or .pt")
+    _calibration_args(p)
+    _report_args(p)
+    p.set_defaults(run=cmd_compress)
+
+    p = sub.add_parser("report", help="print a model's size, MACs, sparsity and latency",
+                       description="Measure MODEL: parameters, size by dtype, MACs/FLOPs, sparsity, "
+                                   "CPU latency (median, p90) and, with --eval, its metric.")
+    _model_args(p)
+    _report_args(p)
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("analyze", help="analyses that guide compression choices",
+                       description="Analyses that guide compression choices.")
+    analyses = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    a = analyses.add_parser(
+        "sensitivity", help="metric drop when compressing one layer at a time",
+        description="Compress one layer (or channel group) at a time with the given pass and "
+                    "report the metric drop per layer, most sensitive first: evidence for skip/"
+                    "ignore lists and per-layer settings.")
+    _model_args(a)
+    a.add_argument("--pass", dest="pass_name", required=True, choices=["quantize", "prune-channels"],
+                   help="the compression to apply to one layer at a time")
+    a.add_argument("--options", default="", metavar="K=V,...",
+                   help="options of that pass, in pipeline syntax, e.g. 'weights=int4'")
+    a.add_argument("--ratios", default="0.1,0.3,0.5", metavar="R,R,...",
+                   help="pruning ratios to try (prune-channels)")
+    a.add_argument("--eval", required=True, metavar="EVAL",
+                   help="the metric: fashion-mnist, efficientnet-lite0, minilm or package.module:function")
+    _calibration_args(a)
+    a.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    a.set_defaults(run=cmd_sensitivity)
+
+    p = sub.add_parser("demo", help="compress a bundled model end to end and print the report",
+                       description="Compress mcc's bundled reference model with the default "
+                                   "pipeline and print the before/after table. Needs no flags.")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--input-shape", metavar="N,C,H,W",
+                   help="shape of the example input used to trace torch models (default 1,3,224,224)")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="allow unpickling a .pt model file (runs code from the file: trusted files only)")
+    p.add_argument("--leaf", action="append", default=[], metavar="MODULE",
+                   help="keep this submodule opaque while tracing (repeatable)")
+
+
+def _calibration_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", metavar="DATA",
+                   help="calibration inputs for quantized activations: a .npy/.npz array [N, C, H, W] "
+                        "or a directory of images (required when the pipeline quantizes activations)")
+    p.add_argument("--calib-batches", type=int, metavar="N", help="use at most N batches of 8")
+    p.add_argument("--mean", metavar="M,M,M", help="per-channel mean subtracted from calibration images")
+    p.add_argument("--std", metavar="S,S,S", help="per-channel std dividing calibration images")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval", metavar="EVAL",
+                   help="evaluate accuracy: fashion-mnist, efficientnet-lite0, minilm, or "
+                        "package.module:function taking the model and returning a number")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+
+
+# ---- commands ----------------------------------------------------------------------------
+def cmd_passes(args) -> int:
+    from mcc.pass_manager import get_pass, registry, type_hints, type_name
+
+    classes = [get_pass(args.name)] if args.name else [registry()[n] for n in sorted(registry())]
+    entries = []
+    for cls in classes:
+        hints = type_hints(cls)
+        options = [{"name": f.name, "type": type_name(hints[f.name]), "default": f.default,
+                    "doc": f.metadata.get("doc", ""), "choices": f.metadata.get("choices")}
+                   for f in dataclasses.fields(cls)]
+        entries.append({"name": cls.name, "doc": cls.doc(), "full_doc": (cls.__doc__ or "").strip(),
+                        "options": options})
+    if args.json:
+        print(json.dumps(entries, indent=2, default=list))
+        return 0
+    from mcc.pipeline import format_value
+
+    for e in entries:
+        print(f"{e['name']}\n    {e['doc']}")
+        if args.name:
+            body = "\n".join(e["full_doc"].splitlines()[1:]).strip()
+            if body:
+                print("\n" + "\n".join("    " + line.strip() for line in body.splitlines()) + "\n")
+        for o in e["options"]:
+            choices = f" {{{', '.join(o['choices'])}}}" if o["choices"] else ""
+            print(f"    {o['name']}: {o['type']}{choices} = {format_value(o['default'])}    {o['doc']}")
+    if not args.name:
+        print("\nSyntax: name{option=value,...} joined by commas, e.g. "
+              "'fold-bn,prune-channels{ratio=0.3}'. 'mcc passes NAME' shows one pass in full.")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from mcc.compress import as_pipeline, compress
+    from mcc.io import check_output_path
+    from mcc.model_source import save_model
+
+    pipeline = as_pipeline(args.pipeline)  # bad specs fail before any model is loaded
+    check_output_path(args.output)
+    _require_calibration(pipeline, args.calib)
+    graph = _load(args)
+    calibration = _calibration(args, graph)
+    evaluator = _evaluator(args.eval)
+    result = compress(graph, pipeline=pipeline, calibration_data=calibration,
+                      num_batches=args.calib_batches, evaluate=evaluator,
+                      metric_name=getattr(evaluator, "metric_name", None),
+                      latency=not args.no_latency, instruments=_progress(pipeline))
+    save_model(result.graph, args.output)
+    print(result.report.table())
+    print(f"\nwrote {args.output}")
+    _write_json(result.report, args.json)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from mcc.report import measure
+
+    graph = _load(args)
+    evaluator = _evaluator(args.eval)
+    stats = measure(graph, latency=not args.no_latency, evaluate=evaluator,
+                    metric_name=getattr(evaluator, "metric_name", None))
+    print(stats.table())
+    _write_json(stats, args.json)
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    from mcc.pipeline import Pipeline
+
+    spec = args.pass_name + (f"{{{args.options}}}" if args.options else "")
+    (configured,) = Pipeline.parse(spec).passes
+    evaluator = _evaluator(args.eval)
+    graph = _load(args)
+    if args.pass_name == "quantize":
+        from mcc.quant import sensitivity
+
+        if getattr(configured, "activations", None) not in (None, "none"):
+            _require_calibration(Pipeline([configured]), args.calib)
+        data = _calibration(args, graph) or [graph.example_inputs]
+        rows = [{"layer": layer, "drop": drop} for layer, drop in
+                sensitivity(graph, evaluator, data, num_batches=args.calib_batches,
+                            **configured.non_default_options())]
+        header = ("layer", "drop")
+    else:
+        from mcc.analysis import prune_sensitivity
+
+        ratios = tuple(_floats(args.ratios, "--ratios"))
+        rows = prune_sensitivity(graph, evaluator, ratios=ratios)
+        header = tuple(rows[0].keys()) if rows else ("group",)
+    table = [tuple(str(h) for h in header)] + [
+        tuple(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in header) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if args.json:
+        from mcc.io import atomic_path
+
+        with atomic_path(args.json) as tmp, open(tmp, "w") as f:
+            json.dump({"pass": spec, "eval": args.eval, "rows": rows}, f, indent=2, default=str)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mcc.demo import run_demo
+
+    report = run_demo()
+    _write_json(report, args.json)
+    return 0
+
+
+# ---- helpers -----------------------------------------------------------------------------
+def _load(args):
+    from mcc.model_source import load_model, parse_shape
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    return load_model(args.model, input_shape=shape, unsafe_load=args.unsafe_load,
+                      leaf_modules=args.leaf)
+
+
+def _require_calibration(pipeline, calib) -> None:
+    """Refuse to quantize activations without data: calibrating on noise gives wrong scales."""
+    quantizes = [p for p in pipeline.passes if p.name == "quantize"
+                 and getattr(p, "activations", None) not in (None, "none")]
+    if quantizes and not calib:
+        raise MccError("the pipeline quantizes activations, which needs calibration data: pass "
+                       "--calib DATA (a .npy/.npz of real inputs or a directory of images); "
+                       "calibrating on random noise would give wrong scales. For weight-only "
+                       "quantization use quantize{activations=none}")
+
+
+def _calibration(args, graph):
+    if not args.calib:
+        return None
+    from mcc.calibration_data import read_calibration_data
+
+    return read_calibration_data(args.calib, tuple(graph.example_inputs[0].shape),
+                                 mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"))
+
+
+def _floats(text: str | None, flag: str):
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise MccError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
+
+
+def _evaluator(spec: str | None):
+    if not spec:
+        return None
+    if ":" in spec:  # the user's own package.module:function
+        from mcc.model_source import load_callable
+
+        return load_callable(spec)
+    from mcc.zoo import resolve_evaluator
+
+    return resolve_evaluator(spec)
+
+
+def _progress(pipeline):
+    """A tqdm bar over the pipeline's passes on a TTY; nothing otherwise."""
+    if not sys.stderr.isatty():
+        return ()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(pipeline), desc="passes", unit="pass", leave=False)
+
+    def instrument(when, p, graph, record):
+        if when == "before":
+            bar.set_postfix_str(p.name)
+        else:
+            bar.update(1)
+            if bar.n == bar.total:
+                bar.close()
+
+    return (instrument,)
+
+
+def _write_json(obj, path: str | None) -> None:
+    if not path:
+        return
+    from mcc.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(obj.to_json())
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
