@@ -1,0 +1,104 @@
+"""The x86 VNNI tensor intrinsic, corrected: 16 int32 lanes += 4 uint8 × (16 × 4) int8.
+
+TVM's own ``dot_16x4_vnni`` passes ``<16 x i32>`` operands to ``llvm.x86.avx512.vpdpbusd.512``,
+which the LLVM bundled with TVM 0.27 declares with ``<64 x i8>`` operands: every module using
+it fails LLVM verification (and meta_schedule, which picks it for u8×s8→s32 reductions, builds
+no candidate at all). Here the same description is paired with an implementation that
+reinterprets the broadcast activation bytes as ``uint8x64`` and the weights as ``int8x64``.
+It is registered under mcc's own name, leaving TVM's registry entry untouched, by
+:func:`register_all` (called before any int8 kernel is built), together with the exact
+``vpmaddwd`` intrinsics the int8 kernels use without VNNI.
+
+``vpdpbusd`` multiplies unsigned by signed bytes into 16-bit products and adds groups of four
+into the int32 lane without saturation, so the result is exact for every uint8/int8 input,
+which ``pmaddubsw`` (TVM's AVX-512 fallback, saturating 16-bit pair sums) is not.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import TensorIntrin
+
+#: The names mcc registers it under: accumulators in memory (what meta_schedule tiles) or in
+#: registers (``local``, mcc's hand-written schedules).
+VNNI_16X4 = "mcc.x86.vnni_u8s8s32_16x4"
+VNNI_16X4_LOCAL = "mcc.x86.vnni_u8s8s32_16x4.local"
+
+# The functions are parsed from TVMScript text: the ``@T.prim_func`` decorator inspects the
+# caller's stack, which costs seconds per function once torch's thousands of modules are loaded.
+_SIGNATURE = """
+@T.prim_func(s_tir=True)
+def {name}(A: T.Buffer(({k},), "uint8", offset_factor=1),
+           B: T.Buffer((16, {k}), "int8", offset_factor=1),
+           C: T.Buffer((16,), "int32", offset_factor=1, scope="{scope}")) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:{k}], B[0:16, 0:{k}])
+        T.writes(C[0:16])
+"""
+
+_DESC = """        for i in T.serial(0, 16):
+            for k in T.serial(0, {k}):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+"""
+
+_VNNI = """        a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_bytes = T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64")
+        b_bytes = B.vload([0, 0], dtype="int8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"), a_bytes, b_bytes, dtype="int32x16")
+"""
+
+# vpmaddwd multiplies 16-bit lanes and adds adjacent pairs into 32 bits exactly: uint8
+# activations zero-extended and int8 weights sign-extended to 16 bits never saturate
+# (|255·−128·2| < 2^31), unlike vpmaddubsw's 16-bit pair sums.
+_PMADDWD_AVX512 = """        pair = T.reinterpret(T.cast(A.vload([0], "uint8x2"), "int16x2"), dtype="int32")
+        a16 = T.reinterpret(T.broadcast(pair, 16), dtype="int16x32")
+        b16 = T.cast(B.vload([0, 0], dtype="int8x32"), "int16x32")
+        C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), a16, b16, dtype="int32x16")
+"""
+
+_PMADDWD_AVX2 = """        pair = T.reinterpret(T.cast(A.vload([0], "uint8x2"), "int16x2"), dtype="int32")
+        a16 = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
+        lo = T.cast(B.vload([0, 0], dtype="int8x16"), "int16x16")
+        hi = T.cast(B.vload([8, 0], dtype="int8x16"), "int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, lo, dtype="int32x8")
+        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, hi, dtype="int32x8")
+"""
+
+#: 16 int32 lanes += 2 uint8 × (16 × 2) int8 without VNNI: AVX-512 (one zmm) or AVX2 (two ymm).
+PMADDWD_16X2 = {("avx512", "global"): "mcc.x86.avx512_pmaddwd_u8s8s32_16x2",
+                ("avx512", "local"): "mcc.x86.avx512_pmaddwd_u8s8s32_16x2.local",
+                ("avx2", "global"): "mcc.x86.avx2_pmaddwd_u8s8s32_16x2",
+                ("avx2", "local"): "mcc.x86.avx2_pmaddwd_u8s8s32_16x2.local"}
+
+
+def _parse(body: str, k: int, scope: str):
+    return tvm.script.from_source(_SIGNATURE.format(name="f", k=k, scope=scope) + body)
+
+
+def _register(name: str, k: int, scope: str, impl: str) -> None:
+    TensorIntrin.register(name, _parse(_DESC.format(k=k), k, scope), _parse(impl, k, scope),
+                          override=True)
+
+
+_registered = False
+
+
+def register_all() -> None:
+    """Register every intrinsic above (once per process). Parsing them takes a second or two,
+    so it happens when an int8 kernel is first built (:func:`mcc.backends.tvm.kernels.
+    workload_func` calls this), not on import: float-only processes never pay it."""
+    global _registered
+    if _registered:
+        return
+    for scope, name in (("global", VNNI_16X4), ("local", VNNI_16X4_LOCAL)):
+        _register(name, 4, scope, _VNNI)
+    for (isa, scope), name in PMADDWD_16X2.items():
+        _register(name, 2, scope, _PMADDWD_AVX512 if isa == "avx512" else _PMADDWD_AVX2)
+    _registered = True
