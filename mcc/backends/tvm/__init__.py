@@ -1,0 +1,61 @@
+"""The TVM backend: compile an :class:`mcc.Graph` into x86 code, float or integer.
+
+::
+
+    import mcc, mcc.quant
+    from mcc.backends import tvm as mcc_tvm
+
+    graph, _ = mcc.compress(model, x, pipeline="fold-bn,quantize")
+    mcc.quant.calibrate(graph, loader, num_batches=32)
+    artifact = mcc_tvm.compile(graph, "x86", tuning="resnet18.db")   # uint8 × int8 kernels
+    artifact.save("resnet18.int8")
+    (logits,) = mcc.runtime.load("resnet18.int8")(x.numpy())
+
+Targets are in :mod:`~mcc.backends.tvm.target`, kernels in :mod:`~mcc.backends.tvm.kernels`,
+the graph walk in :mod:`~mcc.backends.tvm.lower`, tuning databases in
+:mod:`~mcc.backends.tvm.tuning`, the artifact format in :mod:`mcc.runtime`. docs/backend.md
+explains all of it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mcc.backends.tvm.artifact import Artifact, metadata
+from mcc.backends.tvm.target import TARGETS, VALID, CpuTarget, resolve
+from mcc.errors import BackendError
+from mcc.graph import Graph
+
+__all__ = ["compile", "Artifact", "resolve", "CpuTarget", "TARGETS", "VALID"]
+
+
+def compile(graph: Graph, target: str | CpuTarget = "x86", *, tuning: str | os.PathLike | None = None,
+            requantize: str = "scale", allow_float: bool = False, pipeline: str | None = None,
+            name: str | None = None) -> Artifact:
+    """Compile ``graph`` for ``target`` and return the runnable :class:`Artifact`.
+
+    A float graph runs mcc's float kernels; a quantized graph (``quantize`` pass, calibrated)
+    runs its Conv/Linear units, residual adds and pooling as integer kernels. ``tuning`` is a
+    tuning database (see :mod:`~mcc.backends.tvm.tuning`): its records for this target replace
+    the default schedules, nothing is tuned here. ``requantize`` chooses the integer epilogue:
+    ``scale`` (float multiply, round half to even like the fake-quant graph) or ``fixed``
+    (int32 multiplier and shift, integer only). ``allow_float`` lets a quantized layer that has
+    no integer kernel (log2 or asymmetric weights, Conv1d) run in float instead of failing; the
+    artifact's ``metadata["float_ops"]`` lists them. ``pipeline`` is recorded in the metadata.
+    """
+    from mcc.backends.tvm import build, lower, tuning as tuning_db
+    from mcc.quant import structure as st
+
+    if not isinstance(graph, Graph):
+        raise BackendError(f"compile takes an mcc.Graph (from mcc.trace or mcc.compress), got "
+                           f"{type(graph).__name__}")
+    cpu = resolve(target)
+    scheduler = tuning_db.Scheduler(cpu, tuning)
+    lowered = lower.lower(graph, cpu, schedule=scheduler.schedule, requantize=requantize,
+                          allow_float=allow_float)
+    executable = build.build(lowered.module, cpu)
+    quantization = st.quant_params(graph) if st.is_quantized(graph) else None
+    meta = metadata(lowered, cpu, quantization=quantization, pipeline=pipeline,
+                    tuning=scheduler.summary(), name=name)
+    meta["requantize"] = requantize if quantization else None
+    return Artifact(executable, lowered.constants, meta)

@@ -1,0 +1,105 @@
+"""The compiled form of a model: a runnable :class:`Artifact` that saves as a directory.
+
+The directory layout and calling convention are :mod:`mcc.runtime`'s (which loads it back
+without compiling anything). :func:`metadata` assembles ``metadata.json``: everything needed to
+call the library (input/output names, shapes, dtypes), to interpret it (the quantization
+parameters of every quantizer, the inputs' and outputs' among them), and to reproduce it
+(target, mcc/TVM versions, pipeline spec, tuning database hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mcc.errors import ExportError
+from mcc.runtime import CONSTANTS, FORMAT, FORMAT_VERSION, LIBRARY, METADATA, Runtime
+
+
+class Artifact(Runtime):
+    """A model compiled by :func:`mcc.backends.tvm.compile`, runnable in this process.
+
+    ``artifact(x)`` returns the outputs as numpy arrays; ``artifact.save(path)`` writes the
+    directory :func:`mcc.runtime.load` reads; ``artifact.metadata`` is ``metadata.json``.
+    """
+
+    def __init__(self, executable, constants: list[np.ndarray], metadata: dict):
+        import tvm
+
+        self.executable = executable
+        self.constant_arrays = constants
+        tensors = [tvm.runtime.tensor(c) for c in constants]
+        super().__init__(executable, tensors, metadata)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the artifact directory at ``path`` (replacing an earlier artifact there)."""
+        import tvm
+
+        path = Path(path)
+        if path.exists() and not (path / METADATA).exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ExportError(f"cannot write the artifact to {str(path)!r}: it exists and is not an "
+                              "mcc artifact; choose a new directory name")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise ExportError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+        try:
+            self.executable.export_library(str(tmp / LIBRARY))
+            names = self.metadata["constants"]["names"]
+            params = {n: tvm.runtime.tensor(c) for n, c in zip(names, self.constant_arrays)}
+            (tmp / CONSTANTS).write_bytes(tvm.runtime.save_param_dict(params))
+            meta = dict(self.metadata)
+            meta["files"] = {name: _sha256(tmp / name) for name in (LIBRARY, CONSTANTS)}
+            (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.metadata = meta
+        return path
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def metadata(lowered, target, *, quantization: dict | None, pipeline: str | None,
+             tuning: dict | None, name: str | None) -> dict:
+    """``metadata.json`` for a lowered graph (see the module docstring)."""
+    import tvm
+    import tvm_ffi
+
+    import mcc
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "target": {"kind": "llvm", **target.to_json()},
+        "inputs": lowered.inputs,
+        "outputs": lowered.outputs,
+        "entry": "main",
+        "calling_convention": "main(*inputs, *constants) -> output or tuple of outputs",
+        "constants": {"file": CONSTANTS, "names": [f"c{i}" for i in range(len(lowered.constants))],
+                      "bytes": int(sum(c.nbytes for c in lowered.constants))},
+        "integer_units": lowered.integer_units,
+        "float_ops": lowered.float_ops,
+        "kernels": len(lowered.workloads),
+        "quantization": quantization,
+        "pipeline": pipeline,
+        "tuning": tuning,
+        "versions": {"mcc": mcc.__version__, "tvm": tvm.__version__,
+                     "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown")},
+    }

@@ -1,0 +1,354 @@
+"""Tuning databases: meta_schedule searches a kernel's schedule once, mcc reuses it ever after.
+
+A database is one JSON-lines file; each line is a record::
+
+    {"mcc_tuning": 1, "target": "znver4", "workload": "<structural hash>", "kernel": "Conv2d(...)",
+     "trace": <meta_schedule trace JSON>, "seconds": 1.2e-4, "default_seconds": 1.5e-4,
+     "tvm": "0.27.0.post1"}
+
+keyed by ``(target, workload)``: the target's LLVM CPU and the structural hash of the kernel's
+unscheduled PrimFunc (:func:`mcc.backends.tvm.kernels.workload_func`), so a record applies only
+to the exact computation it was tuned on, on the CPU it was tuned for. Records are only kept
+when the tuned schedule beat mcc's hand-written one (``default_seconds``); a kernel without a
+record keeps the hand-written schedule.
+
+Reading never fails on a bad line: a line that is not JSON, lacks a field, comes from another
+TVM release or whose trace no longer applies is skipped with a warning naming the file and the
+line; records for other targets are counted as foreign and skipped (one warning per target).
+:func:`merge` combines databases (the fastest record per key wins); :func:`tune` adds records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mcc.backends.tvm import kernels as K
+from mcc.backends.tvm.target import CpuTarget
+from mcc.errors import BackendError
+
+VERSION = 1
+#: Kernels worth tuning: the ones with a reduction (elementwise kernels are memory-bound).
+TUNABLE = (K.Conv2d, K.Depthwise2d, K.Dense)
+
+
+class TuningWarning(UserWarning):
+    """A record of a tuning database was skipped."""
+
+
+def workload_key(work) -> str:
+    """The structural hash of a kernel's unscheduled PrimFunc, as text."""
+    import tvm_ffi
+
+    return str(tvm_ffi.structural_hash(K.workload_func(work)))
+
+
+@dataclass(frozen=True)
+class Record:
+    target: str
+    workload: str
+    kernel: str
+    trace: object
+    seconds: float
+    default_seconds: float
+    tvm: str
+
+    def to_json(self) -> dict:
+        return {"mcc_tuning": VERSION, "target": self.target, "workload": self.workload,
+                "kernel": self.kernel, "trace": self.trace, "seconds": self.seconds,
+                "default_seconds": self.default_seconds, "tvm": self.tvm}
+
+
+def _parse(line: str) -> Record:
+    obj = json.loads(line)
+    if not isinstance(obj, dict) or obj.get("mcc_tuning") != VERSION:
+        raise ValueError("not an mcc tuning record")
+    return Record(str(obj["target"]), str(obj["workload"]), str(obj["kernel"]), obj["trace"],
+                  float(obj["seconds"]), float(obj["default_seconds"]), str(obj["tvm"]))
+
+
+class Database:
+    """The records of one file for one target (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, target: CpuTarget | None = None):
+        import tvm
+
+        self.path = Path(path)
+        self.target = target
+        self.records: dict[tuple[str, str], Record] = {}
+        self.skipped = 0
+        self.foreign: dict[str, int] = {}
+        if not self.path.exists():
+            return
+        if not self.path.is_file():
+            raise BackendError(f"tuning database {str(self.path)!r} is not a file")
+        release = tvm.__version__.split(".")[:2]
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = _parse(line)
+            except (ValueError, KeyError, TypeError) as e:
+                self._skip(f"line {number} is corrupt ({type(e).__name__}: {e})")
+                continue
+            if record.tvm.split(".")[:2] != release:
+                self._skip(f"line {number} was tuned with TVM {record.tvm}, this is {tvm.__version__}")
+                continue
+            if target is not None and record.target != target.key():
+                self.foreign[record.target] = self.foreign.get(record.target, 0) + 1
+                continue
+            self._keep(record)
+        for other, count in self.foreign.items():
+            warnings.warn(f"tuning database {str(self.path)!r}: skipped {count} record(s) tuned for "
+                          f"{other}, not {target.key()} (tune for this target with mcc tune --target "
+                          f"{target.name})", TuningWarning, stacklevel=3)
+
+    def _skip(self, why: str) -> None:
+        self.skipped += 1
+        warnings.warn(f"tuning database {str(self.path)!r}: {why}; skipped", TuningWarning, stacklevel=4)
+
+    def _keep(self, record: Record) -> None:
+        key = (record.target, record.workload)
+        old = self.records.get(key)
+        if old is None or record.seconds < old.seconds:
+            self.records[key] = record
+
+    def get(self, work, target: CpuTarget) -> Record | None:
+        return self.records.get((target.key(), workload_key(work)))
+
+    def add(self, record: Record) -> None:
+        self._keep(record)
+
+    def digest(self) -> str:
+        """A hash of the records (order-independent): what an artifact records."""
+        lines = sorted(json.dumps(r.to_json(), sort_keys=True) for r in self.records.values())
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write all records (atomically), keeping other targets' records already in the file."""
+        path = Path(path or self.path)
+        keep = {}
+        if path.exists():
+            for record in Database(path).records.values():
+                keep[(record.target, record.workload)] = record
+        for key, record in self.records.items():
+            if key not in keep or record.seconds < keep[key].seconds:
+                keep[key] = record
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+        with os.fdopen(fd, "w") as f:
+            for key in sorted(keep):
+                f.write(json.dumps(keep[key].to_json(), sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def merge(paths: list[str | os.PathLike], output: str | os.PathLike) -> int:
+    """Merge databases into ``output`` (the fastest record per target and workload wins);
+    returns the number of records written."""
+    merged = Database(output) if Path(output).exists() else None
+    records = dict(merged.records) if merged else {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise BackendError(f"tuning database {str(path)!r} does not exist")
+        for key, record in Database(path).records.items():
+            if key not in records or record.seconds < records[key].seconds:
+                records[key] = record
+    out = Database(output)
+    out.records = records
+    out.save(output)
+    return len(records)
+
+
+class Scheduler:
+    """Gives the lowering each kernel's schedule: the database's record for this target when
+    there is one, mcc's hand-written schedule otherwise."""
+
+    def __init__(self, target: CpuTarget, database: str | os.PathLike | None):
+        self.target = target
+        self.path = database
+        self.db = None
+        if database is not None:
+            if not Path(database).is_file():
+                raise BackendError(f"tuning database {str(database)!r} does not exist; create one "
+                                   "with mcc tune MODEL --db PATH, or compile without --tuning")
+            self.db = Database(database, target)
+        self.applied = 0
+        self.failed = 0
+
+    def schedule(self, work):
+        if self.db is not None and isinstance(work, TUNABLE):
+            record = self.db.get(work, self.target)
+            if record is not None:
+                func = apply_trace(work, record.trace)
+                if func is not None:
+                    self.applied += 1
+                    return func
+                self.failed += 1
+                warnings.warn(f"tuning database {str(self.path)!r}: the record for {record.kernel} "
+                              "no longer applies; using the default schedule", TuningWarning,
+                              stacklevel=2)
+        return K.kernel(work)
+
+    def summary(self) -> dict | None:
+        if self.db is None:
+            return None
+        return {"database": str(self.path), "hash": self.db.digest(), "records": len(self.db.records),
+                "applied": self.applied, "failed": self.failed}
+
+
+def apply_trace(work, trace_json):
+    """The kernel scheduled by a recorded trace, or None when the trace does not apply."""
+    from tvm import s_tir
+
+    from mcc.backends.tvm import intrinsics  # noqa: F401  (registers the intrinsics traces name)
+
+    sch = s_tir.Schedule(K.workload_func(work))
+    try:
+        s_tir.Trace.apply_json_to_schedule(_decode(trace_json), sch)
+    except Exception:  # noqa: BLE001  (any TVM failure means: the record is stale)
+        return None
+    return sch.mod["main"].with_attr({"tir.noalias": True, "tir.is_scheduled": True})
+
+
+def _encode(obj):
+    """A trace's JSON-style object as plain JSON: TVM integer and float immediates become
+    ``{"int": value, "dtype": ...}`` / ``{"float": ...}`` so they come back with their dtype."""
+    from tvm.tirx import FloatImm, IntImm
+
+    if isinstance(obj, IntImm):
+        return {"int": int(obj.value), "dtype": str(obj.ty)}
+    if isinstance(obj, FloatImm):
+        return {"float": float(obj.value), "dtype": str(obj.ty)}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(o) for o in obj]
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    return obj
+
+
+def _decode(obj):
+    from tvm.tirx import FloatImm, IntImm
+
+    if isinstance(obj, dict) and set(obj) == {"int", "dtype"}:
+        return IntImm(obj["dtype"], obj["int"])
+    if isinstance(obj, dict) and set(obj) == {"float", "dtype"}:
+        return FloatImm(obj["dtype"], obj["float"])
+    if isinstance(obj, list):
+        return [_decode(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _decode(v) for k, v in obj.items()}
+    return obj
+
+
+# ---- tuning ---------------------------------------------------------------------------------
+def _space(target: CpuTarget):
+    """meta_schedule's x86 search space, with mcc's corrected VNNI intrinsic on VNNI CPUs."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from mcc.backends.tvm import intrinsics
+
+    if not target.vnni:
+        return ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
+                                                 mutator_probs="llvm")
+    reuse = ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")
+    rules = [
+        ms.schedule_rule.ApplyCustomRule(),
+        ms.schedule_rule.InlineConstantScalars(),
+        ms.schedule_rule.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
+                                    disallow_if_then_else=True, require_injective=True,
+                                    require_ordered=True, disallow_op=["tirx.exp"]),
+        ms.schedule_rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
+        ms.schedule_rule.MultiLevelTilingWithIntrin(intrinsics.VNNI_16X4, structure="SSRSRS",
+                                                    max_innermost_factor=64, reuse_write=reuse),
+        ms.schedule_rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64,
+                                          reuse_write=reuse),
+        ms.schedule_rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                                    unroll_max_steps=[0, 16, 64, 512],
+                                                    unroll_explicit=True),
+        ms.schedule_rule.RandomComputeLocation(),
+    ]
+    postprocs = [
+        ms.postproc.DisallowDynamicLoop(),
+        ms.postproc.RewriteParallelVectorizeUnroll(),
+        ms.postproc.RewriteReductionBlock(),
+        ms.postproc.RewriteTensorize(vectorize_init_loop=True),
+    ]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
+                                             mutator_probs="llvm")
+
+
+def _seconds(func, work, target: CpuTarget, repeat: int = 10) -> float:
+    """The fastest of ``repeat`` runs of a scheduled kernel on random data."""
+    import tvm
+
+    mod = tvm.compile(tvm.IRModule({"main": func}), target.tvm()).jit()
+    rng = np.random.default_rng(0)
+    args = []
+    for param in K.workload_func(work).params:
+        shape = [int(d) for d in param.ty.shape]
+        dtype = str(param.ty.dtype)
+        if dtype.startswith("float"):
+            data = rng.uniform(-1, 1, shape).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            data = rng.integers(max(info.min, -100), min(info.max, 100), shape).astype(dtype)
+        args.append(tvm.runtime.tensor(data))
+    timer = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat)
+    return float(min(timer(*args).results))
+
+
+def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: int = 32,
+         progress: bool | None = None) -> dict:
+    """Tune each tunable kernel of ``workloads`` with meta_schedule (``trials`` candidates
+    each) and record the result in ``database`` when it beats the hand-written schedule.
+    Kernels that already have a record are skipped. Returns counts and timings per kernel."""
+    import tvm
+    from tqdm import tqdm
+    from tvm.s_tir import meta_schedule as ms
+
+    db = Database(database, target)
+    todo, seen = [], set()
+    for work in workloads:
+        if not isinstance(work, TUNABLE) or work in seen:
+            continue
+        seen.add(work)
+        if db.get(work, target) is None:
+            todo.append(work)
+    results = []
+    show = sys.stderr.isatty() if progress is None else progress
+    for work in tqdm(todo, desc="tuning kernels", unit="kernel", disable=not show):
+        default = _seconds(K.kernel(work), work, target)
+        with tempfile.TemporaryDirectory() as tmp:
+            # Generous timeouts: on a loaded 2-core machine a build worker's start-up alone can
+            # exceed meta_schedule's default 30 s, and every candidate then "fails to build".
+            builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600)
+            runner = ms.runner.LocalRunner(timeout_sec=120, evaluator_config=ms.runner.EvaluatorConfig(
+                number=5, repeat=1, min_repeat_ms=10))
+            ms_db = ms.tune_tir(K.workload_func(work), target.tvm(), tmp, max_trials_global=trials,
+                                num_trials_per_iter=min(trials, 16), space=_space(target),
+                                builder=builder, runner=runner, num_tuning_cores=target.num_cores)
+            sch = ms.tir_integration.compile_tir(ms_db, K.workload_func(work), target.tvm())
+        entry = {"kernel": repr(work), "default_seconds": default, "tuned_seconds": None}
+        if sch is not None:
+            func = sch.mod["main"].with_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            tuned = _seconds(func, work, target)
+            entry["tuned_seconds"] = tuned
+            if tuned < default:
+                db.add(Record(target.key(), workload_key(work), repr(work),
+                              _encode(sch.trace.as_json()), tuned, default, tvm.__version__))
+        results.append(entry)
+        db.save(database)
+    db.save(database)
+    improved = sum(1 for r in results if r["tuned_seconds"] is not None
+                   and r["tuned_seconds"] < r["default_seconds"])
+    return {"tuned": len(results), "improved": improved, "already": len(seen) - len(todo),
+            "kernels": results, "database": str(database)}
