@@ -179,7 +179,8 @@ class Scheduler:
         if database is not None:
             if not Path(database).is_file():
                 raise BackendError(f"tuning database {str(database)!r} does not exist; create one "
-                                   "with mcc tune MODEL --db PATH, or compile without --tuning")
+                                   "with mcc tune MODEL -p PIPELINE -o PATH, or compile without "
+                                   "--tuning")
             self.db = Database(database, target)
         self.applied = 0
         self.failed = 0
@@ -306,6 +307,16 @@ def _seconds(func, work, target: CpuTarget, repeat: int = 10) -> float:
     return float(min(timer(*args).results))
 
 
+def _cost_model() -> str:
+    """meta_schedule's default cost model is XGBoost, which is not a dependency of mcc (nor of
+    TVM's wheel): without it the search fails after its first batch of measurements. Use it
+    when it is installed; otherwise rank candidates at random (with the few dozen trials per
+    kernel mcc tunes with, the search is close to random sampling either way)."""
+    import importlib.util
+
+    return "xgb" if importlib.util.find_spec("xgboost") is not None else "random"
+
+
 def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: int = 32,
          progress: bool | None = None) -> dict:
     """Tune each tunable kernel of ``workloads`` with meta_schedule (``trials`` candidates
@@ -335,7 +346,8 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
                 number=5, repeat=1, min_repeat_ms=10))
             ms_db = ms.tune_tir(K.workload_func(work), target.tvm(), tmp, max_trials_global=trials,
                                 num_trials_per_iter=min(trials, 16), space=_space(target),
-                                builder=builder, runner=runner, num_tuning_cores=target.num_cores)
+                                builder=builder, runner=runner, cost_model=_cost_model(),
+                                num_tuning_cores=target.num_cores)
             sch = ms.tir_integration.compile_tir(ms_db, K.workload_func(work), target.tvm())
         entry = {"kernel": repr(work), "default_seconds": default, "tuned_seconds": None}
         if sch is not None:
