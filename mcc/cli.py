@@ -12,6 +12,8 @@ import json
 import sys
 import typing
 
+import numpy as np
+
 from mcc.errors import MccError
 
 MODEL_HELP = ("the model: an .onnx file, a torch.export .pt2 file, a pickled .pt file "
@@ -62,6 +64,61 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(p)
     _report_args(p)
     p.set_defaults(run=cmd_compress)
+
+    p = sub.add_parser("compile", help="compress a model and compile it for an x86 CPU with TVM",
+                       description="Trace MODEL, run the pipeline (calibrating quantizers with "
+                                   "--calib), compile the result with TVM for --target and write "
+                                   "the artifact directory OUT (lib.so, constants.params, "
+                                   "metadata.json) atomically; print the report and the compiled "
+                                   "model's latency (and, with --eval, its metric).")
+    _model_args(p)
+    p.add_argument("--pipeline", "-p", required=True, metavar="SPEC",
+                   help="the passes to run before compiling, e.g. 'fold-bn' (float kernels) or "
+                        "'fold-bn,quantize' (int8 kernels; needs --calib)")
+    _target_arg(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the artifact directory to write (an earlier artifact there is replaced)")
+    _calibration_args(p)
+    p.add_argument("--tuning", metavar="DB",
+                   help="a tuning database (mcc tune) whose records for this target replace the "
+                        "default kernel schedules")
+    _backend_args(p)
+    _report_args(p)
+    p.set_defaults(run=cmd_compile)
+
+    p = sub.add_parser("run", help="load a compiled artifact, run it and time it",
+                       description="Load the artifact directory DIR (mcc compile), run it on "
+                                   "--input (random inputs without it), print each output's shape "
+                                   "and top-1 labels, and the median latency of --repeat runs.")
+    p.add_argument("artifact", metavar="DIR", help="an artifact directory written by mcc compile")
+    p.add_argument("--input", metavar="FILE",
+                   help="the inputs: a .npy array (a model with one input) or a .npz with one array "
+                        "per input name; a batch that is a multiple of the compiled batch size runs "
+                        "in chunks (default: random normal inputs, seed 0)")
+    p.add_argument("--repeat", type=int, default=20, metavar="N",
+                   help="timed runs for the latency (default 20; 0 skips timing)")
+    p.add_argument("-o", "--output", metavar="OUT.npz",
+                   help="also write the outputs, one array per output name")
+    p.set_defaults(run=cmd_run)
+
+    p = sub.add_parser("tune", help="search faster kernel schedules for a model (slow)",
+                       description="Compress MODEL as mcc compile would, then tune each of its "
+                                   "convolution and dense kernels with TVM's meta_schedule "
+                                   "(--trials candidates each) and record the schedules that beat "
+                                   "mcc's hand-written ones in the database DB (kernels already in "
+                                   "it are skipped). Use it with mcc compile --tuning DB. Expect "
+                                   "minutes per kernel.")
+    _model_args(p)
+    p.add_argument("--pipeline", "-p", required=True, metavar="SPEC",
+                   help="the pipeline mcc compile will use (the kernels depend on it)")
+    _target_arg(p)
+    p.add_argument("--trials", type=int, default=32, metavar="N",
+                   help="schedule candidates measured per kernel (default 32)")
+    p.add_argument("-o", "--output", "--db", dest="output", required=True, metavar="DB",
+                   help="the tuning database (JSON lines) to create or add to")
+    _calibration_args(p)
+    _backend_args(p)
+    p.set_defaults(run=cmd_tune)
 
     p = sub.add_parser("report", help="print a model's size, MACs, sparsity and latency",
                        description="Measure MODEL: parameters, size by dtype, MACs/FLOPs, sparsity, "
@@ -116,6 +173,21 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-batches", type=int, metavar="N", help="use at most N batches of 8")
     p.add_argument("--mean", metavar="M,M,M", help="per-channel mean subtracted from calibration images")
     p.add_argument("--std", metavar="S,S,S", help="per-channel std dividing calibration images")
+
+
+def _target_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="x86", metavar="CPU",
+                   help="the CPU to compile for: x86 (this machine), znver4, icelake-server, "
+                        "cascadelake, skylake-avx512 or haswell (default x86)")
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requantize", choices=["scale", "fixed"], default="scale",
+                   help="int8 epilogue: scale (float multiply, rounds like the fake-quant graph; "
+                        "default) or fixed (int32 multiplier and shift, integer only)")
+    p.add_argument("--allow-float", action="store_true",
+                   help="run quantized layers that have no integer kernel in float instead of "
+                        "failing (the artifact's metadata lists them)")
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -178,6 +250,127 @@ def cmd_compress(args) -> int:
     print(result.report.table())
     print(f"\nwrote {args.output}")
     _write_json(result.report, args.json)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from mcc.backends import tvm as mcc_tvm
+    from mcc.compress import as_pipeline, compress
+
+    # Everything that can be checked without the model fails before any work is done.
+    pipeline = as_pipeline(args.pipeline)
+    target = mcc_tvm.resolve(args.target)
+    output = _check_artifact_output(args.output)
+    _check_tuning_database(args.tuning)
+    _require_calibration(pipeline, args.calib)
+    graph = _load(args)
+    calibration = _calibration(args, graph)
+    evaluator = _evaluator(args.eval)
+    result = compress(graph, pipeline=pipeline, calibration_data=calibration,
+                      num_batches=args.calib_batches, evaluate=evaluator,
+                      metric_name=getattr(evaluator, "metric_name", None),
+                      latency=not args.no_latency, instruments=_progress(pipeline))
+    artifact = mcc_tvm.compile(result.graph, target, tuning=args.tuning,
+                               requantize=args.requantize, allow_float=args.allow_float,
+                               pipeline=str(pipeline), name=_model_name(args.model))
+    compiled = _compiled_stats(artifact, result.graph, evaluator, latency=not args.no_latency)
+    artifact.save(output)
+    print(result.report.table())
+    print()
+    print(_compiled_table(artifact, compiled))
+    print(f"\nwrote {output}")
+    if args.json:
+        data = json.loads(result.report.to_json())
+        data["compiled"] = {**compiled, "target": artifact.metadata["target"],
+                            "integer_units": artifact.metadata["integer_units"],
+                            "float_ops": artifact.metadata["float_ops"],
+                            "kernels": artifact.metadata["kernels"],
+                            "tuning": artifact.metadata["tuning"], "artifact": str(output)}
+        _write_json(data, args.json)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from mcc.runtime import load
+
+    if args.repeat < 0:
+        raise MccError(f"--repeat must be 0 or more, got {args.repeat}")
+    if args.output:
+        from mcc.io import check_output_path
+
+        check_output_path(args.output)
+        if not args.output.endswith(".npz"):
+            raise MccError(f"--output {args.output!r}: the outputs are written as .npz; name the "
+                           "file OUT.npz")
+    model = load(args.artifact)
+    arrays, source = _run_inputs(model, args.input)
+    outputs = _Batched(model)(*arrays)
+    meta = model.metadata
+    target = meta.get("target", {})
+    print(f"{args.artifact}: {meta.get('name') or 'model'} compiled for {target.get('name', '?')}"
+          f" ({meta.get('integer_units', 0)} integer units, {len(meta.get('float_ops') or [])} "
+          f"float ops), pipeline {meta.get('pipeline') or '-'}")
+    print(f"inputs: {source}")
+    print("outputs:")
+    for spec, array in zip(model.outputs, outputs):
+        print(f"  {spec['name']}: {array.dtype}{list(array.shape)}")
+        if array.ndim == 2 and array.shape[1] > 1:
+            labels = array.argmax(1)
+            shown = " ".join(str(int(v)) for v in labels[:_SHOWN])
+            more = f" ... ({len(labels)} rows)" if len(labels) > _SHOWN else ""
+            print(f"    top-1: {shown}{more}")
+    if args.output:
+        from mcc.io import atomic_path
+
+        with atomic_path(args.output) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{spec["name"]: a for spec, a in zip(model.outputs, outputs)})
+        print(f"wrote {args.output}")
+    if args.repeat:
+        # Timed on one compiled batch: the first of the inputs (zeros if they are too few).
+        first = [a[:s["shape"][0]] if a.ndim else a for a, s in zip(arrays, model.inputs)]
+        if any(list(a.shape) != list(s["shape"]) for a, s in zip(first, model.inputs)):
+            first = []
+        stats = model.latency(*first, repeat=args.repeat)
+        shape = model.inputs[0]["shape"]
+        print(f"latency: median {stats['median'] * 1e3:.3f} ms, min {stats['min'] * 1e3:.3f} ms "
+              f"({stats['runs']} runs{f' of batch {shape[0]}' if shape else ''})")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from mcc.backends import tvm as mcc_tvm
+    from mcc.backends.tvm import kernels, lower, tuning
+    from mcc.compress import as_pipeline, compress
+    from mcc.io import check_output_path
+
+    pipeline = as_pipeline(args.pipeline)
+    target = mcc_tvm.resolve(args.target)
+    if args.trials < 1:
+        raise MccError(f"--trials must be at least 1, got {args.trials}")
+    check_output_path(args.output)
+    _require_calibration(pipeline, args.calib)
+    graph = _load(args)
+    calibration = _calibration(args, graph)
+    result = compress(graph, pipeline=pipeline, calibration_data=calibration,
+                      num_batches=args.calib_batches, latency=False,
+                      instruments=_progress(pipeline))
+    lowered = lower.lower(result.graph, target, schedule=kernels.kernel,
+                          requantize=args.requantize, allow_float=args.allow_float)
+    summary = tuning.tune(lowered.workloads, target, args.output, trials=args.trials)
+    labels = {repr(w): _kernel_label(w) for w in lowered.workloads}
+    rows = [("kernel", "default", "tuned", "")]
+    for entry in summary["kernels"]:
+        default, tuned = entry["default_seconds"], entry["tuned_seconds"]
+        verdict = "recorded" if tuned is not None and tuned < default else "default kept"
+        rows.append((labels.get(entry["kernel"], entry["kernel"]), f"{default * 1e6:.1f} us",
+                     "-" if tuned is None else f"{tuned * 1e6:.1f} us", verdict))
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(f"tuned {summary['tuned']} kernel(s) for {target.name}, {summary['improved']} faster than "
+          f"the default schedule; {summary['already']} already in the database")
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -288,6 +481,175 @@ def _evaluator(spec: str | None):
     return resolve_evaluator(spec)
 
 
+_SHOWN = 16  # top-1 labels mcc run prints
+
+
+def _check_artifact_output(path: str):
+    """The artifact directory ``path``, checked before any work: its parent exists, and it is
+    new, empty or an earlier artifact (anything else would be replaced)."""
+    from pathlib import Path
+
+    from mcc.errors import ExportError
+    from mcc.runtime import METADATA
+
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ExportError(f"cannot write {path!r}: directory {str(parent)!r} does not exist; "
+                          "create it first or choose another output path")
+    if out.exists() and not (out / METADATA).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"cannot write the artifact to {path!r}: it exists and is not an mcc "
+                          "artifact; choose a new directory name")
+    return out
+
+
+def _check_tuning_database(path: str | None) -> None:
+    from pathlib import Path
+
+    from mcc.errors import BackendError
+
+    if path is not None and not Path(path).is_file():
+        raise BackendError(f"tuning database {path!r} does not exist; create one with mcc tune "
+                           "MODEL -p PIPELINE -o PATH, or compile without --tuning")
+
+
+def _model_name(spec: str) -> str:
+    from pathlib import Path
+
+    return Path(spec).stem if Path(spec).suffix in (".onnx", ".pt2", ".pt") else spec
+
+
+class _Batched:
+    """An artifact compiled for batch B, called on a batch of any size N: the inputs run in
+    chunks of B (the last one padded with copies of its last sample) and the outputs are
+    concatenated and cut to N rows. Artifacts whose inputs and outputs do not all lead with the
+    same batch size take exactly their compiled shapes."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        leading = {tuple(s["shape"][:1]) for s in runtime.inputs + runtime.outputs}
+        self.batch = leading.pop()[0] if len(leading) == 1 and () not in leading else None
+
+    def __call__(self, *arrays) -> tuple:
+        arrays = [np.asarray(a) for a in arrays]
+        b = self.batch
+        n = len(arrays[0]) if arrays and arrays[0].ndim else None
+        if b is None or n is None or n == b or any(a.ndim == 0 or len(a) != n for a in arrays):
+            return self.runtime(*arrays)
+        chunks = []
+        for start in range(0, n, b):
+            part = [a[start:start + b] for a in arrays]
+            short = b - len(part[0])
+            if short:
+                part = [np.concatenate([p, np.repeat(p[-1:], short, axis=0)]) for p in part]
+            chunks.append(self.runtime(*part))
+        return tuple(np.concatenate([c[i] for c in chunks])[:n] for i in range(len(chunks[0])))
+
+
+class _ArtifactModel:
+    """A compiled artifact as evaluators call a model: torch tensors in, a tensor out."""
+
+    training = False
+
+    def __init__(self, runtime):
+        self.batched = _Batched(runtime)
+
+    def __call__(self, *inputs):
+        import torch
+
+        outputs = self.batched(*[t.detach().cpu().numpy() if hasattr(t, "detach") else t
+                                 for t in inputs])
+        tensors = tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _compiled_stats(artifact, graph, evaluator, *, latency: bool) -> dict:
+    stats = {"latency_ms": None, "metric": None,
+             "metric_name": getattr(evaluator, "metric_name", None) if evaluator else None}
+    if latency:
+        inputs = [t.detach().cpu().numpy() for t in graph.example_inputs]
+        stats["latency_ms"] = artifact.latency(*inputs)["median"] * 1e3
+    if evaluator is not None:
+        stats["metric"] = evaluator(_ArtifactModel(artifact))
+    return stats
+
+
+def _compiled_table(artifact, stats: dict) -> str:
+    meta = artifact.metadata
+    target = meta["target"]
+    from mcc.report import human_bytes
+
+    lines = [f"compiled for {target['name']}{' (VNNI)' if target['vnni'] else ''}: "
+             f"{meta['integer_units']} integer units, {len(meta['float_ops'])} float ops, "
+             f"{meta['kernels']} kernels, {human_bytes(meta['constants']['bytes'])} of constants"]
+    if meta["float_ops"]:
+        shown = ", ".join(meta["float_ops"][:4]) + (" ..." if len(meta["float_ops"]) > 4 else "")
+        lines.append(f"  float ops: {shown}")
+    if meta["tuning"]:
+        t = meta["tuning"]
+        lines.append(f"  tuning: {t['database']}: {t['applied']} kernel(s) from {t['records']} "
+                     f"record(s) for this target" + (f", {t['failed']} stale" if t["failed"] else ""))
+    if stats["latency_ms"] is not None:
+        lines.append(f"  latency: {stats['latency_ms']:.3f} ms (median)")
+    if stats["metric"] is not None:
+        lines.append(f"  {stats['metric_name'] or 'metric'}: {stats['metric']:.4g}")
+    return "\n".join(lines)
+
+
+def _run_inputs(runtime, path: str | None) -> tuple[list, str]:
+    """The arrays ``mcc run`` feeds ``runtime``, and a description of where they came from."""
+    from pathlib import Path
+
+    from mcc.errors import BackendError
+
+    specs = runtime.inputs
+    names = ", ".join(s["name"] for s in specs)
+    if path is None:
+        rng = np.random.default_rng(0)
+        arrays = [rng.standard_normal(s["shape"]).astype(s["dtype"])
+                  if np.dtype(s["dtype"]).kind == "f" else np.zeros(s["shape"], s["dtype"])
+                  for s in specs]
+        return arrays, "random normal (seed 0); pass --input FILE for real data"
+    file = Path(path)
+    if not file.is_file():
+        raise BackendError(f"input file {path!r} does not exist")
+    try:
+        if file.suffix == ".npy":
+            if len(specs) != 1:
+                raise BackendError(f"the model takes {len(specs)} inputs ({names}): give an .npz "
+                                   "with one array per input name")
+            arrays = [np.load(file, allow_pickle=False)]
+        elif file.suffix == ".npz":
+            with np.load(file, allow_pickle=False) as archive:
+                if len(specs) == 1 and len(archive.files) == 1:
+                    arrays = [archive[archive.files[0]]]
+                else:
+                    missing = [s["name"] for s in specs if s["name"] not in archive.files]
+                    if missing:
+                        raise BackendError(f"{path!r} lacks arrays for the inputs {missing} (it "
+                                           f"holds {archive.files}); the model takes {names}")
+                    arrays = [archive[s["name"]] for s in specs]
+        else:
+            raise BackendError(f"input file {path!r} must be .npy or .npz")
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"cannot read {path!r}: {exc}") from None
+    return arrays, f"{path} ({', '.join(f'{a.dtype}{list(a.shape)}' for a in arrays)})"
+
+
+def _kernel_label(work) -> str:
+    """A kernel workload in a few words (mcc tune's table)."""
+    kind = type(work).__name__
+    dtype = getattr(work, "dtype", "")
+    if kind == "Dense":
+        return f"dense {work.m}x{work.k} -> {work.n} {dtype}"
+    if kind in ("Conv2d", "Depthwise2d"):
+        channels = (f"{work.in_channels}->{work.out_channels}" if kind == "Conv2d"
+                    else f"{work.channels} depthwise")
+        return (f"conv {channels} {work.height}x{work.width} k{work.kernel[0]}x{work.kernel[1]} "
+                f"s{work.stride[0]} {dtype}")
+    return kind
+
+
 def _progress(pipeline):
     """A tqdm bar over the pipeline's passes on a TTY; nothing otherwise."""
     if not sys.stderr.isatty():
@@ -312,9 +674,10 @@ def _write_json(obj, path: str | None) -> None:
         return
     from mcc.io import atomic_path
 
+    text = json.dumps(obj, indent=2) if isinstance(obj, dict) else obj.to_json()
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            f.write(obj.to_json())
+            f.write(text)
     print(f"wrote {path}")
 
 
