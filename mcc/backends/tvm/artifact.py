@@ -50,6 +50,7 @@ class Artifact(Runtime):
             raise ExportError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
         try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide it from other users
             self.executable.export_library(str(tmp / LIBRARY))
             names = self.metadata["constants"]["names"]
             params = {n: tvm.runtime.tensor(c) for n, c in zip(names, self.constant_arrays)}
@@ -65,6 +66,12 @@ class Artifact(Runtime):
             raise
         self.metadata = meta
         return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _sha256(file: Path) -> str:

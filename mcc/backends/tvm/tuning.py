@@ -144,10 +144,18 @@ class Database:
             if key not in keep or record.seconds < keep[key].seconds:
                 keep[key] = record
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
-        with os.fdopen(fd, "w") as f:
-            for key in sorted(keep):
-                f.write(json.dumps(keep[key].to_json(), sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp's 0600 would hide the database from other users
+        try:
+            with os.fdopen(fd, "w") as f:
+                for key in sorted(keep):
+                    f.write(json.dumps(keep[key].to_json(), sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
         return path
 
 

@@ -14,7 +14,9 @@ make any int8 comparison vacuous).
 
 import functools
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -75,6 +77,7 @@ def test_float_torchvision_artifact_matches_pytorch(name):
         expected = model(x).numpy()
     (got,) = artifact(x.numpy())
     assert got.shape == expected.shape == (2, 1000) and got.dtype == np.float32
+    print(f"{name}: float rel. err. {rel_err(got, expected):.2e}")
     assert rel_err(got, expected) < 1e-4
     (again,) = artifact(torch.randn(2, 3, SIZE, SIZE))  # torch tensors are accepted too
     assert np.isfinite(again).all()
@@ -99,6 +102,7 @@ def test_float_reference_cnn_artifact_matches_pytorch():
     with torch.no_grad():
         expected = batched(lambda x: model(x).numpy(), images)
     got = batched(lambda x: artifact(x.numpy())[0], images)
+    print(f"reference CNN: float rel. err. {rel_err(got, expected):.2e}")
     assert rel_err(got, expected) < 1e-4
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.999
 
@@ -255,6 +259,9 @@ def test_save_load_round_trip_and_metadata(fashion_int8, tmp_path):
     path = artifact.save(tmp_path / "fashion.int8")
     assert sorted(p.name for p in path.iterdir()) == ["constants.params", "lib.so", "metadata.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's private 0700
 
     loaded = load(path)
     x = fashion_test_split()[0][:FASHION_BATCH].numpy()

@@ -8,6 +8,8 @@ a schedule trace written by hand, which is what a tuned record holds.
 """
 
 import json
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -108,6 +110,9 @@ def test_save_round_trips_and_keeps_other_targets_records(tmp_path):
     db.add(record("w2", 9e-4))   # slower: ignored
     db.save()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic, no temp left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
     everything = Database(path)
     assert {(r.target, r.workload): r.seconds for r in everything.records.values()} == {
         (HOST.key(), "w1"): 1e-4, (HOST.key(), "w2"): 2e-4, (OTHER.key(), "w9"): 1e-4}
