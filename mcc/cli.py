@@ -362,8 +362,8 @@ def cmd_tune(args) -> int:
     for entry in summary["kernels"]:
         default, tuned = entry["default_seconds"], entry["tuned_seconds"]
         verdict = "recorded" if tuned is not None and tuned < default else "default kept"
-        rows.append((labels.get(entry["kernel"], entry["kernel"]), f"{default * 1e6:.1f} us",
-                     "-" if tuned is None else f"{tuned * 1e6:.1f} us", verdict))
+        rows.append((labels.get(entry["kernel"], entry["kernel"]), f"{default * 1e6:.3g} us",
+                     "-" if tuned is None else f"{tuned * 1e6:.3g} us", verdict))
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
