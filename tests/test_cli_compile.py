@@ -101,7 +101,7 @@ def test_compile_int8_matches_the_fake_quant_graph_and_run_prints_it(factory, ca
     assert (got.argmax(1) == fake.argmax(1)).mean() >= 0.9
     from cnnmodels import evaluate
 
-    assert compiled_metric == pytest.approx(evaluate(graph), abs=5 * 5 * scale)
+    assert compiled_metric == pytest.approx(evaluate(graph), abs=5 * 10 * scale)  # 50 logits, <= 1 code each
 
     # mcc run: the same numbers from the command line, on a batch of 5 (chunks of 2).
     np.save(factory / "five.npy", xs[:5].numpy())
