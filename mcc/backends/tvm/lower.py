@@ -423,6 +423,10 @@ class Lowering(TorchFXImporter):
             handled = self._layout_op(node, module, first)
             if handled is not None:
                 return self._set(node, handled)
+        if first is not None and first.q is None:
+            padded = self._zero_pad(node, module, first)  # TVM's converter lacks ZeroPad2d
+            if padded is not None:
+                return self._set(node, padded)
         self._set(node, Value(self._convert(node, module)))
 
     def _convert(self, node: fx.Node, module) -> relax.Expr:
@@ -543,6 +547,9 @@ class Lowering(TorchFXImporter):
         pool = self._max_pool_args(node, module)
         if pool is not None:
             return self._max_pool(value, *pool)
+        padded = self._zero_pad(node, module, value)
+        if padded is not None:
+            return padded
         flat = self._flatten_value(node, value)
         if flat is not None:
             return flat
@@ -625,6 +632,9 @@ class Lowering(TorchFXImporter):
         pool = self._max_pool_args(node, module)
         if pool is not None:
             return self._max_pool(value, *pool)
+        padded = self._zero_pad(node, module, value)
+        if padded is not None:
+            return padded
         if value.layout == "blocked" and value.block == BLOCK and _is_global_avg_pool(node, module):
             expr = self._emit(R.mean(value.expr, axis=[2, 3], keepdims=True))
             return Value(expr, "blocked", value.channels)
@@ -638,6 +648,30 @@ class Lowering(TorchFXImporter):
                     other.shape == value.shape and other.channels == value.channels:
                 return Value(self._emit(R.add(value.expr, other.expr)), value.layout, value.channels)
         return None
+
+    def _zero_pad(self, node: fx.Node, module, value: Value) -> Value | None:
+        """``nn.ZeroPad2d`` / ``F.pad(x, (l, r, t, b))`` with zeros on H and W (TensorFlow-style
+        "same" padding, as EfficientNet-Lite's stride-2 convs have): a pad of the spatial axes
+        in any layout; on codes the pad value is the zero point, which is what 0.0 quantizes to."""
+        if isinstance(module, nn.ZeroPad2d):
+            left, right, top, bottom = module.padding
+        elif node.op == "call_function" and node.target is F.pad:
+            pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+            mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+            fill = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+            if mode != "constant" or fill not in (None, 0, 0.0) or not isinstance(pad, (tuple, list)) \
+                    or len(pad) != 4 or not all(isinstance(p, int) and p >= 0 for p in pad):
+                return None
+            left, right, top, bottom = pad
+        else:
+            return None
+        if value.layout not in ("plain", "blocked") or len(value.shape) not in (4, 5):
+            return None
+        width = [0, 0] * len(value.shape)
+        width[4:8] = [top, bottom, left, right]  # axes 2 (H) and 3 (W) in both layouts
+        fill = float(value.q.zero_point) if value.q is not None else 0.0
+        expr = self._emit(R.nn.pad(value.expr, width, pad_value=fill))
+        return Value(expr, value.layout, value.channels, value.q)
 
     # ---- kernel calls ---------------------------------------------------------------------------
     def _call(self, work, args: list) -> relax.Expr:

@@ -374,3 +374,36 @@ def test_compile_errors_are_backend_errors():
     quantized = run_pipeline(model, torch.randn(1, 3, 8, 8), "quantize")
     with pytest.raises(BackendError, match="not calibrated"):
         mcc_tvm.compile(quantized, "x86")
+
+
+class _SamePadded(nn.Module):
+    """TensorFlow-style "same" padding before stride-2 convs, as EfficientNet-Lite has it:
+    asymmetric zero padding as a module and as ``F.pad``."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.conv1 = nn.Conv2d(16, 32, 3, 2)
+        self.conv2 = nn.Conv2d(32, 32, 3, 2)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(self.pad(x)))
+        x = torch.relu(self.conv2(nn.functional.pad(x, (1, 0, 1, 0))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_zero_padding_lowers_in_float_and_on_codes():
+    torch.manual_seed(0)
+    model = _SamePadded().eval()
+    x = torch.randn(1, 16, 17, 17)
+    graph = mcc.trace(model, x)
+    assert rel_err(mcc_tvm.compile(graph, "x86")(x.numpy())[0], model(x).detach()) <= 1e-5
+    quantized, _ = mcc.compress(graph, pipeline="quantize", latency=False,
+                                calibration_data=[torch.randn(1, 16, 17, 17) for _ in range(8)])
+    artifact = mcc_tvm.compile(quantized, "x86")
+    assert artifact.metadata["float_ops"] == [] and artifact.metadata["integer_units"] == 3
+    fake_quant = quantized(x).detach().numpy()
+    # padded with the zero point, the codes are the fake-quant graph's up to bias rounding
+    out_scale = st.quant_params(quantized)["fc_quant"]["scale"]
+    assert np.abs(artifact(x.numpy())[0] - fake_quant).max() <= 1.01 * out_scale
