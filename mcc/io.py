@@ -23,6 +23,15 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def default_mode(base: int = 0o666) -> int:
+    """``base`` less the process umask: the mode ``open()`` would give a new file (or, with
+    0o777, a directory). mkstemp/mkdtemp create 0600/0700 entries, which would hide an output
+    from other users and deployment services once renamed into place."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return base & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary file name beside ``path``; on success it replaces ``path`` in one step.
@@ -34,6 +43,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        if os.path.exists(tmp):
+            os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mcc.errors import ExportError
+from mcc.io import default_mode
 from mcc.runtime import CONSTANTS, FORMAT, FORMAT_VERSION, LIBRARY, METADATA, Runtime
 
 
@@ -50,7 +51,7 @@ class Artifact(Runtime):
             raise ExportError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide it from other users
+            os.chmod(tmp, default_mode(0o777))  # mkdtemp's 0700 would hide it from other users
             self.executable.export_library(str(tmp / LIBRARY))
             names = self.metadata["constants"]["names"]
             params = {n: tvm.runtime.tensor(c) for n, c in zip(names, self.constant_arrays)}
@@ -66,12 +67,6 @@ class Artifact(Runtime):
             raise
         self.metadata = meta
         return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _sha256(file: Path) -> str:

@@ -25,7 +25,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from mcc.backends.tvm import kernels as K
 from mcc.backends.tvm.target import CpuTarget
 from mcc.errors import BackendError
+from mcc.io import default_mode
 
 VERSION = 1
 #: Kernels worth tuning: the ones with a reduction (elementwise kernels are memory-bound).
@@ -144,9 +144,7 @@ class Database:
             if key not in keep or record.seconds < keep[key].seconds:
                 keep[key] = record
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)  # mkstemp's 0600 would hide the database from other users
+        os.fchmod(fd, default_mode())  # mkstemp's 0600 would hide the database from other users
         try:
             with os.fdopen(fd, "w") as f:
                 for key in sorted(keep):
