@@ -255,6 +255,7 @@ def cmd_compress(args) -> int:
 
 def cmd_compile(args) -> int:
     from mcc.backends import tvm as mcc_tvm
+    from mcc.backends.tvm.deployed import compiled_stats, compiled_table
     from mcc.compress import as_pipeline, compress
 
     # Everything that can be checked without the model fails before any work is done.
@@ -273,11 +274,11 @@ def cmd_compile(args) -> int:
     artifact = mcc_tvm.compile(result.graph, target, tuning=args.tuning,
                                requantize=args.requantize, allow_float=args.allow_float,
                                pipeline=str(pipeline), name=_model_name(args.model))
-    compiled = _compiled_stats(artifact, result.graph, evaluator, latency=not args.no_latency)
+    compiled = compiled_stats(artifact, result.graph, evaluator, latency=not args.no_latency)
     artifact.save(output)
     print(result.report.table())
     print()
-    print(_compiled_table(artifact, compiled))
+    print(compiled_table(artifact, compiled))
     print(f"\nwrote {output}")
     if args.json:
         data = json.loads(result.report.to_json())
@@ -291,6 +292,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from mcc.backends.tvm.deployed import Batched
     from mcc.runtime import load
 
     if args.repeat < 0:
@@ -304,7 +306,7 @@ def cmd_run(args) -> int:
                            "file OUT.npz")
     model = load(args.artifact)
     arrays, source = _run_inputs(model, args.input)
-    outputs = _Batched(model)(*arrays)
+    outputs = Batched(model)(*arrays)
     meta = model.metadata
     target = meta.get("target", {})
     print(f"{args.artifact}: {meta.get('name') or 'model'} compiled for {target.get('name', '?')}"
@@ -517,83 +519,6 @@ def _model_name(spec: str) -> str:
     from pathlib import Path
 
     return Path(spec).stem if Path(spec).suffix in (".onnx", ".pt2", ".pt") else spec
-
-
-class _Batched:
-    """An artifact compiled for batch B, called on a batch of any size N: the inputs run in
-    chunks of B (the last one padded with copies of its last sample) and the outputs are
-    concatenated and cut to N rows. Artifacts whose inputs and outputs do not all lead with the
-    same batch size take exactly their compiled shapes."""
-
-    def __init__(self, runtime):
-        self.runtime = runtime
-        leading = {tuple(s["shape"][:1]) for s in runtime.inputs + runtime.outputs}
-        self.batch = leading.pop()[0] if len(leading) == 1 and () not in leading else None
-
-    def __call__(self, *arrays) -> tuple:
-        arrays = [np.asarray(a) for a in arrays]
-        b = self.batch
-        n = len(arrays[0]) if arrays and arrays[0].ndim else None
-        if b is None or n is None or n == b or any(a.ndim == 0 or len(a) != n for a in arrays):
-            return self.runtime(*arrays)
-        chunks = []
-        for start in range(0, n, b):
-            part = [a[start:start + b] for a in arrays]
-            short = b - len(part[0])
-            if short:
-                part = [np.concatenate([p, np.repeat(p[-1:], short, axis=0)]) for p in part]
-            chunks.append(self.runtime(*part))
-        return tuple(np.concatenate([c[i] for c in chunks])[:n] for i in range(len(chunks[0])))
-
-
-class _ArtifactModel:
-    """A compiled artifact as evaluators call a model: torch tensors in, a tensor out."""
-
-    training = False
-
-    def __init__(self, runtime):
-        self.batched = _Batched(runtime)
-
-    def __call__(self, *inputs):
-        import torch
-
-        outputs = self.batched(*[t.detach().cpu().numpy() if hasattr(t, "detach") else t
-                                 for t in inputs])
-        tensors = tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs)
-        return tensors[0] if len(tensors) == 1 else tensors
-
-
-def _compiled_stats(artifact, graph, evaluator, *, latency: bool) -> dict:
-    stats = {"latency_ms": None, "metric": None,
-             "metric_name": getattr(evaluator, "metric_name", None) if evaluator else None}
-    if latency:
-        inputs = [t.detach().cpu().numpy() for t in graph.example_inputs]
-        stats["latency_ms"] = artifact.latency(*inputs)["median"] * 1e3
-    if evaluator is not None:
-        stats["metric"] = evaluator(_ArtifactModel(artifact))
-    return stats
-
-
-def _compiled_table(artifact, stats: dict) -> str:
-    meta = artifact.metadata
-    target = meta["target"]
-    from mcc.report import human_bytes
-
-    lines = [f"compiled for {target['name']}{' (VNNI)' if target['vnni'] else ''}: "
-             f"{meta['integer_units']} integer units, {len(meta['float_ops'])} float ops, "
-             f"{meta['kernels']} kernels, {human_bytes(meta['constants']['bytes'])} of constants"]
-    if meta["float_ops"]:
-        shown = ", ".join(meta["float_ops"][:4]) + (" ..." if len(meta["float_ops"]) > 4 else "")
-        lines.append(f"  float ops: {shown}")
-    if meta["tuning"]:
-        t = meta["tuning"]
-        lines.append(f"  tuning: {t['database']}: {t['applied']} kernel(s) from {t['records']} "
-                     f"record(s) for this target" + (f", {t['failed']} stale" if t["failed"] else ""))
-    if stats["latency_ms"] is not None:
-        lines.append(f"  latency: {stats['latency_ms']:.3f} ms (median)")
-    if stats["metric"] is not None:
-        lines.append(f"  {stats['metric_name'] or 'metric'}: {stats['metric']:.4g}")
-    return "\n".join(lines)
 
 
 def _run_inputs(runtime, path: str | None) -> tuple[list, str]:
