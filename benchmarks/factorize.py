@@ -1,4 +1,4 @@
-"""factorize on real trained weights: MiniLM's linear layers and the Fashion-MNIST CNN's convolutions.
+"""factorize on real trained weights: MiniLM's linear layers, the Fashion-MNIST CNN's convolutions.
 
     python benchmarks/factorize.py [--models minilm,fashion-mnist] [--recover-seconds 120]
 

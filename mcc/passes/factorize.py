@@ -15,18 +15,19 @@ or three thinner ones whose MACs add up to less:
   padding and dilation, and a 1×1 convolution ``r_out → C_out`` (``U_out``, with the bias).
 
 Ranks come from an absolute or relative ``rank``, an ``energy`` fraction of the squared
-spectrum, or a model-wide MAC budget ``target_macs`` that a greedy allocation meets while
-discarding as little normalised energy as it can. The factors are ordinary ``nn.Linear`` /
-``nn.Conv*d`` modules, held by an ``nn.Sequential`` in the original layer's place and called
-one by one from the graph, so the result trains, fine-tunes, quantizes and exports to ONNX
-like any other graph. See docs/passes/factorize.md for the maths.
+spectrum, or a model-wide MAC budget ``target_macs``, met by the rank choice that discards
+the least normalised energy (a knapsack solved by dynamic programming, :func:`allocate`).
+The factors are ordinary ``nn.Linear`` / ``nn.Conv*d`` modules, held by an ``nn.Sequential``
+in the original layer's place and called one by one from the graph, so the result trains,
+fine-tunes, quantizes and exports to ONNX like any other graph. See docs/passes/factorize.md
+for the maths.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -409,7 +410,8 @@ class Decomposition:
 
 
 class SVD(Decomposition):
-    """Linear or 1×1 convolution: ``W[out, in] = U·Σ·Vᵀ``, factors ``√Σ_r·V_rᵀ`` then ``U_r·√Σ_r``."""
+    """Linear or 1×1 convolution: ``W[out, in] = U·Σ·Vᵀ``; factors ``√Σ_r·V_rᵀ`` (in → r),
+    then ``U_r·√Σ_r`` (r → out)."""
 
     method = "svd"
 

@@ -233,7 +233,7 @@ def test_shared_module_is_left_alone():
 
 # ---- the MAC budget -----------------------------------------------------------------------
 @pytest.mark.parametrize("method, target, round_to", [
-    ("tucker2", 0.3, 8), ("tucker2", 0.5, 8), ("tucker2", 0.7, 8), ("tucker2", 0.9, 8),
+    ("tucker2", 0.3, 8), ("tucker2", 0.5, 8), ("tucker2", 0.8, 8),
     ("spatial-svd", 0.4, 8), ("spatial-svd", 0.6, 1), ("svd", 0.93, 1)])
 def test_target_macs_lands_within_two_percent_on_a_small_cnn(method, target, round_to):
     graph, out, record = run(f"factorize{{method={method},target_macs={target},"
@@ -372,7 +372,8 @@ def test_pipeline_text_round_trips(text):
     ("factorize{energy=0}", r"'energy': 0.0 is out of range: must be in \(0, 1\]"),
     ("factorize{energy=1.01}", r"must be in \(0, 1\]"),
     ("factorize{target_macs=1.0}", r"must be in \(0, 1\)"),
-    ("factorize{rank=8,energy=0.9}", "give one of rank, energy and target_macs, not rank and energy"),
+    ("factorize{rank=8,energy=0.9}",
+     "give one of rank, energy and target_macs, not rank and energy"),
     ("factorize{method=cp}", "not one of svd, spatial-svd, tucker2"),
     ("factorize{min_reduction=1}", "must be < 1"),
 ])
