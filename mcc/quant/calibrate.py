@@ -91,9 +91,56 @@ def calibrate_batches(graph: Graph, batches: list[tuple[torch.Tensor, ...]]) -> 
         finally:
             for _, m in quantizers:
                 m.observing = False
+        fitted = fit_biases(graph)
+        if fitted:
+            stats["bias_fitted_channels"] = fitted
     finally:
         gm.train(was_training)
     return stats
+
+
+#: An integer engine adds the bias to the int32 accumulator as round(b / (S_in·S_w)); half of
+#: int32's range is left for the products and the input zero point's share.
+BIAS_LIMIT = 2 ** 30
+
+
+def fit_biases(graph: Graph) -> int:
+    """Widen the weight scale of output channels whose bias would overflow int32 once the
+    input scale is known; returns how many channels changed.
+
+    BN folding leaves channels with near-zero weights and a large bias (a dead filter whose
+    BatchNorm keeps a constant output). Their tiny weight scale makes b / (S_in·S_w) exceed
+    int32, which no int8 engine can represent. Raising S_w to |b| / (S_in·2^30) costs such a
+    channel nothing (its weights are ~0 either way) and keeps the fake-quant graph equal to what
+    the engine computes.
+    """
+    gm = graph.module
+    modules = dict(gm.named_modules())
+    targets = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
+    changed = 0
+    for unit in st.units(graph):
+        if unit.kind not in ("conv", "linear") or not unit.inputs or unit.inputs[0] is None:
+            continue
+        layer, quantizer = modules.get(unit.module), modules.get(targets.get(unit.inputs[0]))
+        weight_quant = getattr(layer, "weight_quant", None)
+        if getattr(layer, "bias", None) is None or weight_quant is None or quantizer is None \
+                or getattr(weight_quant, "scheme", "linear") != "linear":
+            continue
+        s_in = quantizer.scale.detach().reshape(-1)
+        if s_in.numel() != 1:
+            continue
+        bias = layer.bias.detach().abs().float()
+        needed = bias / (s_in * BIAS_LIMIT)
+        scale = weight_quant.scale.detach()
+        if scale.numel() == 1:
+            needed = needed.max()
+        needed = needed.reshape(scale.shape)
+        grow = needed > scale
+        if bool(grow.any()):
+            with torch.no_grad():
+                weight_quant.scale.copy_(torch.where(grow, needed, scale))
+            changed += int(grow.sum())
+    return changed
 
 
 def read_batches(graph: Graph, data, num_batches: int | None) -> list[tuple[torch.Tensor, ...]]:

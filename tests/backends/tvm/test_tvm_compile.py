@@ -407,3 +407,26 @@ def test_zero_padding_lowers_in_float_and_on_codes():
     # padded with the zero point, the codes are the fake-quant graph's up to bias rounding
     out_scale = st.quant_params(quantized)["fc_quant"]["scale"]
     assert np.abs(artifact(x.numpy())[0] - fake_quant).max() <= 1.01 * out_scale
+
+
+def test_a_dead_channel_with_a_large_bias_compiles_exactly():
+    """A folded BatchNorm can leave an output channel with ~0 weights and a large bias: its
+    weight scale is so small that b / (S_in·S_w) overflows int32. Calibration widens that
+    channel's scale, so the artifact can hold the bias and still equals the fake-quant graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1)).eval()
+    with torch.no_grad():
+        model[0].weight[5].mul_(1e-9)
+        model[0].bias[5] = 3.0
+    x = torch.randn(1, 3, 8, 8)
+    quantized, report = mcc.compress(model, x, pipeline="quantize", latency=False,
+                                     calibration_data=[torch.randn(1, 3, 8, 8) for _ in range(4)])
+    params = st.quant_params(quantized)
+    s_in = params[st.units(quantized)[0].inputs[0]]["scale"]
+    s_w = np.asarray(params["_0.weight"]["scale"]).reshape(-1)
+    assert abs(3.0 / (s_in * s_w[5])) <= 2 ** 30 + 1
+    assert 3.0 / (s_in * s_w[4]) < 2 ** 30  # other channels keep their own scales
+    artifact = mcc_tvm.compile(quantized, "x86")
+    fake_quant = quantized(x).detach().numpy()
+    out_scale = params[st.units(quantized)[-1].output]["scale"]
+    assert np.abs(artifact(x.numpy())[0] - fake_quant).max() <= 1.01 * out_scale
