@@ -232,20 +232,15 @@ def cmd_passes(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from mcc.compress import as_pipeline, compress
+    from mcc.compress import as_pipeline
     from mcc.io import check_output_path
     from mcc.model_source import save_model
 
     pipeline = as_pipeline(args.pipeline)  # bad specs fail before any model is loaded
     check_output_path(args.output)
     _require_calibration(pipeline, args.calib)
-    graph = _load(args)
-    calibration = _calibration(args, graph)
     evaluator = _evaluator(args.eval)
-    result = compress(graph, pipeline=pipeline, calibration_data=calibration,
-                      num_batches=args.calib_batches, evaluate=evaluator,
-                      metric_name=getattr(evaluator, "metric_name", None),
-                      latency=not args.no_latency, instruments=_progress(pipeline))
+    result = _compress_model(args, pipeline, evaluator)
     save_model(result.graph, args.output)
     print(result.report.table())
     print(f"\nwrote {args.output}")
@@ -256,7 +251,7 @@ def cmd_compress(args) -> int:
 def cmd_compile(args) -> int:
     from mcc.backends import tvm as mcc_tvm
     from mcc.backends.tvm.deployed import compiled_stats, compiled_table
-    from mcc.compress import as_pipeline, compress
+    from mcc.compress import as_pipeline
 
     # Everything that can be checked without the model fails before any work is done.
     pipeline = as_pipeline(args.pipeline)
@@ -264,13 +259,8 @@ def cmd_compile(args) -> int:
     output = _check_artifact_output(args.output)
     _check_tuning_database(args.tuning)
     _require_calibration(pipeline, args.calib)
-    graph = _load(args)
-    calibration = _calibration(args, graph)
     evaluator = _evaluator(args.eval)
-    result = compress(graph, pipeline=pipeline, calibration_data=calibration,
-                      num_batches=args.calib_batches, evaluate=evaluator,
-                      metric_name=getattr(evaluator, "metric_name", None),
-                      latency=not args.no_latency, instruments=_progress(pipeline))
+    result = _compress_model(args, pipeline, evaluator)
     artifact = mcc_tvm.compile(result.graph, target, tuning=args.tuning,
                                requantize=args.requantize, allow_float=args.allow_float,
                                pipeline=str(pipeline), name=_model_name(args.model))
@@ -434,6 +424,18 @@ def cmd_demo(args) -> int:
 
 
 # ---- helpers -----------------------------------------------------------------------------
+def _compress_model(args, pipeline, evaluator):
+    """Load MODEL and run ``pipeline`` on it, calibrating on --calib and evaluating with
+    ``evaluator``: the shared first half of ``mcc compress`` and ``mcc compile``."""
+    from mcc.compress import compress
+
+    graph = _load(args)
+    return compress(graph, pipeline=pipeline, calibration_data=_calibration(args, graph),
+                    num_batches=args.calib_batches, evaluate=evaluator,
+                    metric_name=getattr(evaluator, "metric_name", None),
+                    latency=not args.no_latency, instruments=_progress(pipeline))
+
+
 def _load(args):
     from mcc.model_source import load_model, parse_shape
 

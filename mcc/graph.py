@@ -141,6 +141,16 @@ class Graph:
         return "\n".join(rows)
 
 
+def module_call_counts(gm: fx.GraphModule) -> dict[str, int]:
+    """How many ``call_module`` nodes call each submodule: a module called from several places
+    shares its weights between them, so a pass that rewrites it must rewrite all or none."""
+    counts: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            counts[n.target] = counts.get(n.target, 0) + 1
+    return counts
+
+
 def _to_info(meta) -> TensorInfo | tuple | None:
     if meta is None:
         return None

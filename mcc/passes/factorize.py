@@ -35,7 +35,7 @@ import torch
 from torch import fx, nn
 
 from mcc.errors import PassError, PipelineError
-from mcc.graph import Graph
+from mcc.graph import Graph, module_call_counts
 from mcc.pass_manager import AnalysisManager, Pass, PassResult, option, register
 
 METHODS = ("svd", "spatial-svd", "tucker2")
@@ -116,7 +116,7 @@ class Factorize(Pass):
         explicit = bool(self.layers)
         left: dict[str, str] = {}
         candidates = []
-        calls = _module_call_counts(gm)
+        calls = module_call_counts(gm)
         for node, layer in self._select(graph):
             if node.target.rpartition(".")[0] in done:
                 continue  # a factor of an earlier factorization
@@ -275,14 +275,6 @@ def _unusable_call(graph: Graph, node: fx.Node, calls: dict[str, int]) -> str | 
     if not hasattr(x_info, "shape") or not hasattr(y_info, "shape"):
         return "module has no recorded input and output shapes"
     return None
-
-
-def _module_call_counts(gm: fx.GraphModule) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            counts[n.target] = counts.get(n.target, 0) + 1
-    return counts
 
 
 def _matches(node: fx.Node, pattern: str) -> bool:

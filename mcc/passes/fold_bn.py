@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from mcc.graph import Graph
+from mcc.graph import Graph, module_call_counts
 from mcc.pass_manager import AnalysisManager, Pass, PassResult, register
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -41,7 +41,7 @@ class FoldBatchNorm(Pass):
         if graph.training:
             reason = "graph is in training mode (call .eval() first: folding needs running statistics)"
             return PassResult(graph, False, {"folded": 0, "left": {n.name: reason for n, _ in bns}})
-        calls = _module_call_counts(gm)
+        calls = module_call_counts(gm)
         folded, left = 0, {}
         for bn_node, bn in bns:
             reason = _why_not_foldable(graph, bn_node, bn, calls)
@@ -128,14 +128,6 @@ def _why_not_foldable(graph: Graph, bn_node: fx.Node, bn, calls: dict[str, int])
         if info is None or len(info.shape) != 2:
             return "BatchNorm after Linear only folds on [batch, features] outputs"
     return None
-
-
-def _module_call_counts(gm: fx.GraphModule) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            counts[n.target] = counts.get(n.target, 0) + 1
-    return counts
 
 
 def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
