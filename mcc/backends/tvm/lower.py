@@ -16,8 +16,8 @@ translated by TVM's own converter, in plain NCHW float; the ops below are mcc's:
   quantizer's grid with the fused activation as a clamp of the codes. Weights are quantized,
   padded and packed at compile time.
 * **Activation quantizers** become quantize kernels; **residual adds** of codes a requantizing
-  integer add; **max-pooling**, ReLU, flatten and dropout work on the codes; **average
-  pooling** sums codes and requantizes. Values stay uint8 NCHW16c between integer ops and are
+  integer add; **max-pooling**, zero padding, ReLU, flatten and dropout work on the codes; **average
+  pooling** dequantizes and runs in float (a global mean is cheap next to the convs). Values stay uint8 NCHW16c between integer ops and are
   dequantized only where a float op reads them. Signed int8 activation grids are shifted by
   128 into uint8 (exact: ``q + 128`` with zero point ``Z + 128``), what ``vpdpbusd`` needs.
 
@@ -124,7 +124,6 @@ class Lowered:
 # ---- the walk ---------------------------------------------------------------------------------
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 _MAXPOOL = (nn.MaxPool2d,)
-_AVGPOOL = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _IDENTITY_FUNCTIONS = {F.dropout}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}

@@ -23,8 +23,8 @@ class CpuTarget:
     """One x86 CPU to compile for.
 
     ``features`` are the ``/proc/cpuinfo`` flags the generated code may use; ``vnni`` says the
-    int8 kernels use ``vpdpbusd`` (AVX-512 VNNI), otherwise they use exact 32-bit
-    multiply-adds vectorized by LLVM; ``vector_bits`` is the SIMD width the schedules tile for.
+    int8 kernels use ``vpdpbusd`` (AVX-512 VNNI), otherwise ``vpmaddwd`` on 16-bit pairs
+    (exact, unlike the saturating ``vpmaddubsw``); ``vector_bits`` is the SIMD width the schedules tile for.
     """
 
     name: str
