@@ -38,12 +38,10 @@ from __future__ import annotations
 
 import builtins
 import inspect
-import math
 import operator
-import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -1576,7 +1574,6 @@ class _Analyzer:
         return out
 
     def conv(self, node, m, t: Track | None, info, transposed: bool):
-        x = node.args[0]
         cin = m.in_channels
         cout = m.out_channels
         g = m.groups
@@ -1633,7 +1630,6 @@ class _Analyzer:
         k = _arg(node, 1, "key", None)
         v = _arg(node, 2, "value", None)
         tq, tk, tv = self.track(q), self.track(k), self.track(v)
-        shape = self.shape(q)
         for t, x in ((tq, q), (tk, k), (tv, v)):
             if t is not None and t.axis != len(self.shape(x)) - 1:
                 return self.unknown(node, f"{node.name} has channels off the embedding axis")
@@ -1645,7 +1641,6 @@ class _Analyzer:
             return [None, None]
         ids = tq.ids
         self._split_equal(node, Track(0, ids), m.num_heads, 0)
-        E = m.embed_dim
         qkv = np.concatenate([ids, ids, ids])
         prefix = node.target
         if same:

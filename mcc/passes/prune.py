@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mcc.analysis.dependency import (ArgCount, ArgSlice, AttentionScale, ChannelGroup,
-                                     ChannelGroups, ModuleCount, SdpaScale, Track, channel_groups)
+                                     ChannelGroups, ModuleCount, SdpaScale, channel_groups)
 from mcc.errors import PassError
 from mcc.graph import Graph
 from mcc.pass_manager import AnalysisManager, Pass, PassResult, option, register

@@ -316,7 +316,7 @@ def _padded(data: te.Tensor, padding, pad_value) -> te.Tensor:
 def _tile_width(w) -> tuple[int, tuple[int, int, int, int]]:
     """The output width rounded up to whole register tiles, and the input padding that gives
     the extra columns something to read."""
-    (kh, kw), (sh, sw) = w.kernel, w.stride
+    sw = w.stride[1]
     ow = w.out_hw[1]
     reg_n = w.register_tile[0]
     owp = -(-ow // reg_n) * reg_n

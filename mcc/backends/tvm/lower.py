@@ -34,7 +34,6 @@ library instead of inside it.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from tvm import relax, tirx
+from tvm import relax
 from tvm.relax.frontend.torch.fx_translator import TorchFXImporter
 
 from mcc.backends.tvm import kernels as K
