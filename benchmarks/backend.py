@@ -32,7 +32,7 @@ MobileNetV2 int8 faster than ORT float32; mcc float32 within 1.2× of ORT float3
 Also printed: the time ``compile`` takes per model, and how often the int8 artifact's top-1
 class equals the fake-quant graph's on ``--agree`` fresh random images, against the graph as it
 is and against a copy whose biases are rounded to the int32 accumulator grid the kernels use
-(:func:`bias_on_int32_grid`; the JSON adds the largest logit difference relative to the largest
+(:func:`mcc.quant.structure.bias_on_int32_grid`; the JSON adds the largest logit difference relative to the largest
 logit, and the same agreements for ONNX Runtime's int8 and the float model). ``--profile``
 adds, per model, the slowest kernels of both mcc artifacts (timed through the Relax VM's
 instrument hook) next to ONNX Runtime's own per-operator profile. Writes
@@ -156,30 +156,6 @@ def settle(model, batches: int = 4, size: int = 8) -> None:
     model.eval()
 
 
-def bias_on_int32_grid(graph):
-    """A copy of a quantized graph whose conv/linear biases are rounded to the int32 grid of
-    their accumulators (input scale × weight scale), as mcc's integer kernels store them. The
-    artifact then differs from it only where a value lies within float rounding of a rounding
-    boundary; from the plain fake-quant graph it also differs by up to half an accumulator step
-    per layer, which a deep random network can turn into a different top-1 class."""
-    import torch
-
-    from mcc.quant import structure as st
-
-    graph = graph.copy()
-    for unit in st.units(graph):
-        if unit.kind not in ("conv", "linear") or unit.inputs[0] is None:
-            continue
-        layer = graph.module.get_submodule(unit.module)
-        if layer.bias is None:
-            continue
-        s_in = float(graph.module.get_submodule(graph.node(unit.inputs[0]).target).scale)
-        s_acc = s_in * layer.weight_quant.scale.detach().double().reshape(-1)
-        with torch.no_grad():
-            layer.bias.copy_(torch.round(layer.bias.double() / s_acc) * s_acc)
-    return graph
-
-
 def prepare(name: str, args, workdir: Path) -> dict:
     """Build every engine for one model: ``{"run": {engine: fn(x_numpy)}, ...}``."""
     import numpy as np
@@ -188,6 +164,7 @@ def prepare(name: str, args, workdir: Path) -> dict:
 
     import mcc
     from mcc.backends import tvm as mcc_tvm
+    from mcc.quant import structure as st
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
@@ -251,7 +228,7 @@ def prepare(name: str, args, workdir: Path) -> dict:
     def same_top1(got, ref) -> bool:  # logits that are output codes can tie: a tie agrees
         return bool(ref.reshape(-1)[got.argmax()] >= ref.max() - tie)
 
-    on_grid = bias_on_int32_grid(int8_graph)
+    on_grid = st.bias_on_int32_grid(int8_graph)
     gen = torch.Generator().manual_seed(2)
     hits = hits_grid = hits_ort = hits_float = 0
     worst = 0.0

@@ -114,17 +114,10 @@ def fit_biases(graph: Graph) -> int:
     channel nothing (its weights are ~0 either way) and keeps the fake-quant graph equal to what
     the engine computes.
     """
-    gm = graph.module
-    modules = dict(gm.named_modules())
-    targets = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
     changed = 0
-    for unit in st.units(graph):
-        if unit.kind not in ("conv", "linear") or not unit.inputs or unit.inputs[0] is None:
-            continue
-        layer, quantizer = modules.get(unit.module), modules.get(targets.get(unit.inputs[0]))
-        weight_quant = getattr(layer, "weight_quant", None)
-        if getattr(layer, "bias", None) is None or weight_quant is None or quantizer is None \
-                or getattr(weight_quant, "scheme", "linear") != "linear":
+    for layer, quantizer in st.biased_layers(graph):
+        weight_quant = layer.weight_quant
+        if weight_quant.scheme != "linear":
             continue
         s_in = quantizer.scale.detach().reshape(-1)
         if s_in.numel() != 1:

@@ -233,6 +233,33 @@ def quantized_layers(graph: Graph) -> list[tuple[fx.Node, QuantizedLayer]]:
     return [(n, m) for n, m in graph.call_modules(QuantizedLayer)]
 
 
+def biased_layers(graph: Graph) -> list[tuple[QuantizedLayer, FakeQuantize]]:
+    """``(layer, input quantizer)`` for every Conv/Linear unit with a bias and a quantized input:
+    the layers whose bias an integer engine adds to the int32 accumulator, on the grid of step
+    ``S_in·S_w``."""
+    out = []
+    for unit in units(graph):
+        if unit.kind not in ("conv", "linear") or not unit.inputs or unit.inputs[0] is None:
+            continue
+        layer = graph.module.get_submodule(unit.module)
+        if getattr(layer, "bias", None) is not None:
+            out.append((layer, graph.submodule(graph.node(unit.inputs[0]))))
+    return out
+
+
+def bias_on_int32_grid(graph: Graph) -> Graph:
+    """A copy whose Conv/Linear biases are rounded to their accumulator's int32 grid, as integer
+    kernels store them. The fake-quant graph keeps float biases; this copy is what an integer
+    engine computes up to float rounding, which is what a diagnosis of a label disagreement
+    between the two needs."""
+    graph = graph.copy()
+    for layer, quantizer in biased_layers(graph):
+        s_acc = float(quantizer.scale) * layer.weight_quant.scale.detach().double().reshape(-1)
+        with torch.no_grad():
+            layer.bias.copy_(torch.round(layer.bias.double() / s_acc) * s_acc)
+    return graph
+
+
 def is_quantized(graph: Graph) -> bool:
     return any(isinstance(m, (FakeQuantize, QuantizedLayer)) for m in graph.module.modules())
 

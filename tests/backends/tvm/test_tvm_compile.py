@@ -28,7 +28,6 @@ import mcc
 from mcc.backends import tvm as mcc_tvm
 from mcc.errors import BackendError, ExportError, MccError, TargetError
 from mcc.quant import structure as st
-from mcc.quant.fake_quant import FakeQuantize
 from mcc.runtime import load
 from mcc.zoo import fashion_mnist, fashion_mnist_loader, reference_cnn
 
@@ -168,23 +167,6 @@ class _Forced(fx.Interpreter):
         return value
 
 
-def _bias_on_int32_grid(graph: mcc.Graph) -> mcc.Graph:
-    """A copy whose conv/linear biases are rounded to the int32 accumulator grid
-    (input scale x weight scale), as the integer kernels store them."""
-    graph = graph.copy()
-    for unit in st.units(graph):
-        if unit.kind not in ("conv", "linear") or unit.inputs[0] is None:
-            continue
-        layer = graph.module.get_submodule(unit.module)
-        if layer.bias is None:
-            continue
-        s_acc = float(graph.submodule(graph.node(unit.inputs[0])).scale) * \
-            layer.weight_quant.scale.detach().double().reshape(-1)
-        with torch.no_grad():
-            layer.bias.copy_(torch.round(layer.bias.double() / s_acc) * s_acc)
-    return graph
-
-
 def _agreement(got: np.ndarray, ref: np.ndarray, scale: float) -> float:
     """Share of rows whose top-1 in ``got`` is a top-1 of ``ref`` (``ref``'s logits are codes
     of the output quantizer, so ties happen; a tie counts as agreement)."""
@@ -238,7 +220,7 @@ def test_int8_torchvision_artifact_matches_the_fake_quant_graph(name):
     # MobileNetV2, 91-97% ResNet-18; logits rel. err. 0.16-0.23 and 0.04-0.05).
     with torch.no_grad():
         fake = graph(x).numpy()
-        on_grid = _bias_on_int32_grid(graph)(x).numpy()
+        on_grid = st.bias_on_int32_grid(graph)(x).numpy()
         float_ = model(x).numpy()
     scale = meta["outputs"][0]["quant"]["scale"]
     agreement, on_grid_agreement = _agreement(logits, fake, scale), _agreement(logits, on_grid, scale)
