@@ -30,10 +30,9 @@ Targets (the backend issue): mcc int8 at least 2× faster than ORT float32 on Re
 MobileNetV2 int8 faster than ORT float32; mcc float32 within 1.2× of ORT float32.
 
 Also printed: the time ``compile`` takes per model, and how often the int8 artifact's top-1
-class equals the fake-quant graph's on ``--agree`` fresh random images, against the graph as it
-is and against a copy whose biases are rounded to the int32 accumulator grid the kernels use
-(:func:`mcc.quant.structure.bias_on_int32_grid`; the JSON adds the largest logit difference relative to the largest
-logit, and the same agreements for ONNX Runtime's int8 and the float model). ``--profile``
+class equals the fake-quant graph's on ``--agree`` fresh random images (the JSON adds the largest
+logit difference relative to the largest logit, and the same agreements for ONNX Runtime's int8
+and the float model). ``--profile``
 adds, per model, the slowest kernels of both mcc artifacts (timed through the Relax VM's
 instrument hook) next to ONNX Runtime's own per-operator profile. Writes
 benchmarks/results/backend.json.
@@ -164,7 +163,6 @@ def prepare(name: str, args, workdir: Path) -> dict:
 
     import mcc
     from mcc.backends import tvm as mcc_tvm
-    from mcc.quant import structure as st
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
@@ -228,23 +226,20 @@ def prepare(name: str, args, workdir: Path) -> dict:
     def same_top1(got, ref) -> bool:  # logits that are output codes can tie: a tie agrees
         return bool(ref.reshape(-1)[got.argmax()] >= ref.max() - tie)
 
-    on_grid = st.bias_on_int32_grid(int8_graph)
     gen = torch.Generator().manual_seed(2)
-    hits = hits_grid = hits_ort = hits_float = 0
+    hits = hits_ort = hits_float = 0
     worst = 0.0
     for _ in range(args.agree):
         image = torch.randn(1, 3, 224, 224, generator=gen)
         with torch.no_grad():
-            fq, grid = int8_graph(image).numpy(), on_grid(image).numpy()
+            fq = int8_graph(image).numpy()
             label = int(model(image).argmax())
         ours = run["mcc_int8"](image.numpy())
         hits += same_top1(ours, fq)
-        hits_grid += same_top1(ours, grid)
         hits_ort += same_top1(run["ort_int8"](image.numpy()), fq)
         hits_float += int(fq.argmax() == label)
         worst = max(worst, float(np.abs(ours - fq).max() / max(float(np.abs(fq).max()), 1e-30)))
     info["int8_top1_agreement"] = hits / args.agree
-    info["int8_top1_agreement_int32_bias"] = hits_grid / args.agree
     info["int8_max_rel_logit_diff"] = worst
     info["ort_int8_top1_agreement_with_mcc_fake_quant"] = hits_ort / args.agree
     info["fake_quant_top1_agreement_with_float"] = hits_float / args.agree
@@ -410,7 +405,7 @@ def main(argv=None) -> dict:
           f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
     header = (f"{'model':<13}" + "".join(f"{LABELS[e] + ' ms':>13}" for e in ENGINES)
               + f"{'int8 vs ORT32':>15}{'fp32/ORT32':>12}{'compile s':>13}"
-              + f"{'top-1 fq':>10}{'fq+int32b':>11}")
+              + f"{'top-1 fq':>10}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -418,12 +413,10 @@ def main(argv=None) -> dict:
         print(f"{r['model']:<13}" + "".join(f"{lat[e]:>13.1f}" for e in ENGINES)
               + f"{r['int8_speedup_vs_ort_fp32']:>14.2f}x{r['fp32_time_ratio_vs_ort_fp32']:>11.2f}x"
               + f"{r['compile_fp32_s']:>6.0f} /{r['compile_int8_s']:>4.0f}"
-              + f"{_count(r, 'int8_top1_agreement'):>10}"
-              + f"{_count(r, 'int8_top1_agreement_int32_bias'):>11}")
+              + f"{_count(r, 'int8_top1_agreement'):>10}")
     print("int8 vs ORT32 = ORT fp32 time / mcc int8 time (>1: mcc faster); fp32/ORT32 = mcc fp32 "
           "time / ORT fp32 time; compile = seconds in mcc.backends.tvm.compile, fp32 / int8; "
-          "top-1 fq = images where the int8 artifact's top-1 class is the fake-quant graph's; "
-          "fq+int32b = the same against the fake-quant graph with biases on the int32 grid")
+          "top-1 fq = images where the int8 artifact's top-1 class is the fake-quant graph's")
 
     by = {r["model"]: r for r in rows}
     targets = {}

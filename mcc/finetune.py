@@ -173,6 +173,11 @@ def finetune(graph_or_module, loader: Iterable, *, loss: Callable | None = None,
         module.train(was_training)
         if teacher_module is not None:
             teacher_module.train(teacher_training)
+    if isinstance(graph_or_module, Graph):
+        from mcc.quant import structure as st
+
+        if st.is_quantized(graph_or_module):
+            st.record_input_scales(graph_or_module)  # QAT may have trained the input scales
     for key in ("hard", "soft", "feature", "attention"):
         if key in history and not history[key] and step:
             del history[key]  # e.g. no labels in the data: no hard term

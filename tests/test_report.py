@@ -343,9 +343,10 @@ def test_quantized_weights_count_at_their_bit_width():
                              latency=False)
     assert report.before.storage_bytes is None and report.before.stored_bytes == (128 + 8) * 4
     # int8 weights 128 B, a float32 scale and int32 zero point per output channel 8·8 B,
-    # the float32 bias 8·4 B; in memory the fake-quantized layer still holds float weights.
+    # the float32 bias 8·4 B; in memory the fake-quantized layer still holds float weights,
+    # scales, zero points, the calibrated flag and its input scale (a float32 0-d buffer).
     assert report.after.storage_bytes == 128 + 8 * 8 + 8 * 4
-    assert report.after.size_bytes == (128 + 8) * 4 + 8 * 4 + 8 * 4 + 1
+    assert report.after.size_bytes == (128 + 8) * 4 + 8 * 4 + 8 * 4 + 1 + 4
     assert report.comparison.compression_ratio == pytest.approx(544 / 224)
     row = next(line for line in report.table().splitlines() if line.startswith("size, quantized"))
     assert row.split()[2:] == ["544", "B", "224", "B", "2.43x"]

@@ -94,6 +94,7 @@ def calibrate_batches(graph: Graph, batches: list[tuple[torch.Tensor, ...]]) -> 
         fitted = fit_biases(graph)
         if fitted:
             stats["bias_fitted_channels"] = fitted
+        st.record_input_scales(graph)
     finally:
         gm.train(was_training)
     return stats

@@ -7,6 +7,14 @@ still holds) and add ``weight_quant``, a :class:`~mcc.quant.fake_quant.FakeQuant
 them. The float weight stays in ``weight`` (QAT trains it); ``quantized_weight()`` is what the
 layer computes with and ``weight_quant.codes(weight)`` the integers an int8 kernel uses.
 
+Biases are quantized too, as an integer engine adds them: to the int32 grid of the accumulator,
+step ``S_in·S_w`` (input scale times the channel's weight scale). ``input_scale`` (a 0-d buffer,
+0 until calibration) holds ``S_in``: the input quantizer is another node of the graph, so
+:func:`mcc.quant.calibrate` copies its scale here (and :func:`mcc.finetune` again after QAT,
+which may train it). Without it the fake-quant graph adds a float bias, and the engine's
+rounding of it — up to half an accumulator step — shifts outputs by a fraction of a code that
+decides labels in deep networks.
+
 ``pending`` lists data-driven steps still owed before the layer is final (``adaround``,
 ``bias-correction``); :func:`mcc.quant.calibrate` performs them, and the layer refuses to run
 until then.
@@ -32,6 +40,18 @@ class QuantizedLayer:
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quant(self.weight)
 
+    def quantized_bias(self) -> torch.Tensor | None:
+        """The bias on the accumulator's int32 grid (see the module docstring), with a
+        straight-through gradient; the float bias while the input scale is unknown or the
+        weight quantizer is off."""
+        bias, s_in = self.bias, self.input_scale
+        if bias is None or not self.weight_quant.enabled or self.weight_quant.scheme != "linear" \
+                or not bool(s_in > 0):
+            return bias
+        step = s_in.detach().double() * self.weight_quant.scale.detach().double().reshape(-1)
+        codes = torch.round(bias.detach().double() / step).clamp(-2 ** 31, 2 ** 31 - 1)
+        return bias + (codes * step).to(bias.dtype) - bias.detach()
+
     def _check_ready(self) -> None:
         if self.pending and not shape_run():
             raise QuantizationError(
@@ -42,25 +62,25 @@ class QuantizedLayer:
 class QuantConv1d(QuantizedLayer, nn.Conv1d):
     def forward(self, x):
         self._check_ready()
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
 
 
 class QuantConv2d(QuantizedLayer, nn.Conv2d):
     def forward(self, x):
         self._check_ready()
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
 
 
 class QuantConv3d(QuantizedLayer, nn.Conv3d):
     def forward(self, x):
         self._check_ready()
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
 
 
 class QuantLinear(QuantizedLayer, nn.Linear):
     def forward(self, x):
         self._check_ready()
-        return F.linear(x, self.quantized_weight(), self.bias)
+        return F.linear(x, self.quantized_weight(), self.quantized_bias())
 
 
 #: float layer type -> its quantized counterpart. Exact types only: a subclass may override
@@ -74,6 +94,7 @@ def quantize_layer(layer: nn.Module, weight_quant: FakeQuantize) -> QuantizedLay
     """The quantized counterpart of ``layer``, sharing its Parameter objects."""
     new = _rebuild(QUANTIZED[type(layer)], layer)
     new.weight_quant = weight_quant
+    new.register_buffer("input_scale", torch.zeros((), device=layer.weight.device))
     return new
 
 

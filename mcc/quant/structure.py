@@ -247,17 +247,13 @@ def biased_layers(graph: Graph) -> list[tuple[QuantizedLayer, FakeQuantize]]:
     return out
 
 
-def bias_on_int32_grid(graph: Graph) -> Graph:
-    """A copy whose Conv/Linear biases are rounded to their accumulator's int32 grid, as integer
-    kernels store them. The fake-quant graph keeps float biases; this copy is what an integer
-    engine computes up to float rounding, which is what a diagnosis of a label disagreement
-    between the two needs."""
-    graph = graph.copy()
+def record_input_scales(graph: Graph) -> None:
+    """Give every biased quantized layer its input quantizer's scale (``input_scale``), so that
+    it adds its bias on the int32 grid an integer engine uses (see :mod:`mcc.quant.layers`).
+    A per-channel input scale has no single grid: such a layer keeps a float bias (0)."""
     for layer, quantizer in biased_layers(graph):
-        s_acc = float(quantizer.scale) * layer.weight_quant.scale.detach().double().reshape(-1)
-        with torch.no_grad():
-            layer.bias.copy_(torch.round(layer.bias.double() / s_acc) * s_acc)
-    return graph
+        scale = quantizer.scale.detach()
+        layer.input_scale.fill_(float(scale) if scale.numel() == 1 else 0.0)
 
 
 def is_quantized(graph: Graph) -> bool:
@@ -337,7 +333,8 @@ def storage_bytes(graph: Graph) -> int:
             fq = module.weight_quant
             total += module.weight.numel() * fq.bits / 8 + 8 * fq.scale.numel()
             counted.add(id(module.weight))
-            counted.update(id(t) for t in (fq.scale, fq.zero_point, fq.calibrated))
+            # input_scale repeats the input quantizer's scale, counted there
+            counted.update(id(t) for t in (fq.scale, fq.zero_point, fq.calibrated, module.input_scale))
         elif isinstance(module, FakeQuantize) and id(module.scale) not in counted:
             total += 8 * module.scale.numel()
             counted.update(id(t) for t in (module.scale, module.zero_point, module.calibrated))

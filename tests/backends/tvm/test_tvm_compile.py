@@ -23,13 +23,14 @@ import pytest
 import torch
 import torchvision
 from torch import fx, nn
+from torch.nn import functional as F
 
 import mcc
 from mcc.backends import tvm as mcc_tvm
 from mcc.errors import BackendError, ExportError, MccError, TargetError
 from mcc.quant import structure as st
 from mcc.runtime import load
-from mcc.zoo import fashion_mnist, fashion_mnist_loader, reference_cnn
+from mcc.zoo import fashion_mnist, fashion_mnist_loader, reference_cnn, resolve_evaluator, sample_photos
 
 SIZE = 64
 FASHION_BATCH = 500   # the reference CNN is compiled for batches of 500 images
@@ -174,12 +175,7 @@ def _agreement(got: np.ndarray, ref: np.ndarray, scale: float) -> float:
     return float((ref[rows, got.argmax(1)] >= ref.max(1) - 0.5 * scale).mean())
 
 
-# Top-1 agreement with the plain fake-quant graph, end to end, on random inputs (measured on
-# 4 x 32 inputs: ResNet-18 81-94%). Not asserted for random MobileNetV2 (measured 28-50%): there
-# the fake-quant graph agrees with its own float model on only 22-41% of the inputs, and the
-# sub-code differences of the int32 bias (at most 0.015 code per layer) are amplified through 17
-# blocks into different labels; against the fake-quant graph with int32-grid biases it is 88-91%.
-PLAIN_AGREEMENT = {"resnet18": 0.75, "mobilenet_v2": None}
+PLAIN_AGREEMENT = {"resnet18": 0.8, "mobilenet_v2": 0.5}
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
@@ -213,26 +209,51 @@ def test_int8_torchvision_artifact_matches_the_fake_quant_graph(name):
         scale = float(graph.module.get_submodule(q).scale)
         codes = ((forced.forced[q] - forced.reference[q]).abs() / scale).round()
         assert codes.max() <= 1, q
-        assert (codes > 0).float().mean() <= 0.005, q  # measured: at most 0.15%
+        assert (codes > 0).float().mean() <= 0.0005, q  # measured: at most 0.009%
 
-    # End to end. The comparison that isolates the backend is with the fake-quant graph whose
-    # biases are rounded to the int32 grid the kernels use (measured on 5 x 32 inputs: 75-91%
-    # MobileNetV2, 91-97% ResNet-18; logits rel. err. 0.16-0.23 and 0.04-0.05).
+    # End to end. Random-weight networks are chaotic: the fake-quant graph agrees with its own
+    # float model on only 75% (ResNet-18) and 25% (MobileNetV2) of these inputs, and the rare
+    # one-code differences above grow through the blocks into different labels. Measured:
+    # ResNet-18 90.6%, MobileNetV2 68.8% (28-50% before biases were quantized on the int32
+    # grid). The trained EfficientNet-Lite0 below is the end-to-end check that means something.
     with torch.no_grad():
         fake = graph(x).numpy()
-        on_grid = st.bias_on_int32_grid(graph)(x).numpy()
         float_ = model(x).numpy()
     scale = meta["outputs"][0]["quant"]["scale"]
-    agreement, on_grid_agreement = _agreement(logits, fake, scale), _agreement(logits, on_grid, scale)
-    print(f"{name}: top-1 agreement with fake-quant {100 * agreement:.1f}% (on the int32 bias "
-          f"grid {100 * on_grid_agreement:.1f}%; fake-quant vs float "
+    agreement = _agreement(logits, fake, scale)
+    print(f"{name}: top-1 agreement with fake-quant {100 * agreement:.1f}% (fake-quant vs float "
           f"{100 * (fake.argmax(1) == float_.argmax(1)).mean():.1f}%); logits rel. err. "
-          f"{rel_err(logits, fake):.3f} ({rel_err(logits, on_grid):.3f}; fake-quant vs float "
-          f"{rel_err(fake, float_):.3f})")
-    assert on_grid_agreement >= 0.6
-    assert rel_err(logits, on_grid) <= 0.35
-    if PLAIN_AGREEMENT[name] is not None:
-        assert agreement >= PLAIN_AGREEMENT[name]
+          f"{rel_err(logits, fake):.4f} (fake-quant vs float {rel_err(fake, float_):.3f})")
+    assert agreement >= PLAIN_AGREEMENT[name]
+
+
+def test_int8_efficientnet_lite0_agrees_with_the_fake_quant_graph():
+    """A trained ImageNet network (inverted residuals, depthwise convolutions, ReLU6): the int8
+    artifact gives the fake-quant graph's label (up to ties between output codes) and the same
+    agreement with the float model's labels."""
+    evaluator = resolve_evaluator("efficientnet-lite0")
+    photos = sample_photos().images
+    zoomed = F.interpolate(photos[..., 28:196, 28:196], size=224, mode="bilinear", antialias=True)
+    images = torch.cat([photos, zoomed])
+    model = evaluator.model()
+    graph = run_pipeline(model, photos[:1], "fold-bn,quantize")
+    mcc.calibrate(graph, list(torch.split(photos, 4)))
+    artifact = mcc_tvm.compile(graph, "x86")
+    got = np.concatenate([artifact(x[None].numpy())[0] for x in images])
+    with torch.no_grad():
+        fake, float_labels = graph(images).numpy(), model(images).argmax(1).numpy()
+    # The logits are output codes, so two classes can tie; a label tied for the fake-quant
+    # graph's maximum agrees (see _agreement).
+    scale = artifact.metadata["outputs"][0]["quant"]["scale"]
+    agreement = _agreement(got, fake, scale)
+    ours, theirs = (100 * (v.argmax(1) == float_labels).mean() for v in (got, fake))
+    print(f"EfficientNet-Lite0 int8 artifact: top-1 agreement with fake-quant {100 * agreement:.1f}% "
+          f"on {len(images)} photos; agreement with float {ours:.2f}% (fake-quant {theirs:.2f}%)")
+    # Measured: 98.7% (75 of 76; on the other photo the artifact's top logit is one output code
+    # below the fake-quant graph's: a one-code difference upstream, where an exact value lay
+    # within float32 rounding of a rounding boundary). Agreement with float: equal (82.89%).
+    assert agreement >= 0.97
+    assert abs(ours - theirs) <= 0.2
 
 
 # ---- save / load ------------------------------------------------------------------------------
