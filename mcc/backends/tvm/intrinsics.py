@@ -28,8 +28,8 @@ VNNI_16X4_LOCAL = "mcc.x86.vnni_u8s8s32_16x4.local"
 # caller's stack, which costs seconds per function once torch's thousands of modules are loaded.
 _SIGNATURE = """
 @T.prim_func(s_tir=True)
-def {name}(A: T.Buffer(({k},), "uint8", offset_factor=1),
-           B: T.Buffer((16, {k}), "int8", offset_factor=1),
+def {name}(A: T.Buffer(({k},), "{a_dtype}", offset_factor=1),
+           B: T.Buffer((16, {k}), "{b_dtype}", offset_factor=1),
            C: T.Buffer((16,), "int32", offset_factor=1, scope="{scope}")) -> None:
     with T.sblock("root"):
         T.reads(C[0:16], A[0:{k}], B[0:16, 0:{k}])
@@ -53,38 +53,44 @@ _VNNI = """        a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"
 
 # vpmaddwd multiplies 16-bit lanes and adds adjacent pairs into 32 bits exactly: uint8
 # activations zero-extended and int8 weights sign-extended to 16 bits never saturate
-# (|255·−128·2| < 2^31), unlike vpmaddubsw's 16-bit pair sums.
-_PMADDWD_AVX512 = """        pair = T.reinterpret(T.cast(A.vload([0], "uint8x2"), "int16x2"), dtype="int32")
+# (|255·−128·2| < 2^31), unlike vpmaddubsw's 16-bit pair sums. The activations arrive already
+# widened to int16 (the kernels' padding pass writes them so): a pair is one 32-bit word that
+# a single vpbroadcastd from memory spreads over the lanes, where widening two bytes here took
+# four instructions per pixel and step, as many as the multiply-adds themselves.
+_PMADDWD_AVX512 = """        pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
         a16 = T.reinterpret(T.broadcast(pair, 16), dtype="int16x32")
-        b16 = T.cast(B.vload([0, 0], dtype="int8x32"), "int16x32")
+        b16 = B.vload([0, 0], dtype="int16x32")
         C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), a16, b16, dtype="int32x16")
 """
 
-_PMADDWD_AVX2 = """        pair = T.reinterpret(T.cast(A.vload([0], "uint8x2"), "int16x2"), dtype="int32")
+_PMADDWD_AVX2 = """        pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
         a16 = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
-        lo = T.cast(B.vload([0, 0], dtype="int8x16"), "int16x16")
-        hi = T.cast(B.vload([8, 0], dtype="int8x16"), "int16x16")
+        lo = B.vload([0, 0], dtype="int16x16")
+        hi = B.vload([8, 0], dtype="int16x16")
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, lo, dtype="int32x8")
         C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, hi, dtype="int32x8")
 """
 
-#: 16 int32 lanes += 2 uint8 × (16 × 2) int8 without VNNI: AVX-512 (one zmm) or AVX2 (two ymm).
-PMADDWD_16X2 = {("avx512", "global"): "mcc.x86.avx512_pmaddwd_u8s8s32_16x2",
-                ("avx512", "local"): "mcc.x86.avx512_pmaddwd_u8s8s32_16x2.local",
-                ("avx2", "global"): "mcc.x86.avx2_pmaddwd_u8s8s32_16x2",
-                ("avx2", "local"): "mcc.x86.avx2_pmaddwd_u8s8s32_16x2.local"}
+#: 16 int32 lanes += 2 int16 (widened uint8) × (16 × 2) int8 without VNNI: AVX-512 (one zmm)
+#: or AVX2 (two ymm).
+PMADDWD_16X2 = {("avx512", "global"): "mcc.x86.avx512_pmaddwd_s16s8s32_16x2",
+                ("avx512", "local"): "mcc.x86.avx512_pmaddwd_s16s8s32_16x2.local",
+                ("avx2", "global"): "mcc.x86.avx2_pmaddwd_s16s8s32_16x2",
+                ("avx2", "local"): "mcc.x86.avx2_pmaddwd_s16s8s32_16x2.local"}
 
 
-def _parse(body: str, k: int, scope: str):
-    return tvm.script.from_source(_SIGNATURE.format(name="f", k=k, scope=scope) + body)
+def _parse(body: str, k: int, scope: str, a_dtype: str):
+    return tvm.script.from_source(
+        _SIGNATURE.format(name="f", k=k, scope=scope, a_dtype=a_dtype,
+                          b_dtype="int16" if a_dtype == "int16" else "int8") + body)
 
 
-def _register(name: str, k: int, scope: str, impl: str) -> None:
-    TensorIntrin.register(name, _parse(_DESC.format(k=k), k, scope), _parse(impl, k, scope),
-                          override=True)
+def _register(name: str, k: int, scope: str, impl: str, a_dtype: str) -> None:
+    TensorIntrin.register(name, _parse(_DESC.format(k=k), k, scope, a_dtype),
+                          _parse(impl, k, scope, a_dtype), override=True)
 
 
 _registered = False
@@ -98,7 +104,7 @@ def register_all() -> None:
     if _registered:
         return
     for scope, name in (("global", VNNI_16X4), ("local", VNNI_16X4_LOCAL)):
-        _register(name, 4, scope, _VNNI)
+        _register(name, 4, scope, _VNNI, "uint8")
     for (isa, scope), name in PMADDWD_16X2.items():
-        _register(name, 2, scope, _PMADDWD_AVX512 if isa == "avx512" else _PMADDWD_AVX2)
+        _register(name, 2, scope, _PMADDWD_AVX512 if isa == "avx512" else _PMADDWD_AVX2, "int16")
     _registered = True
