@@ -7,7 +7,8 @@ no candidate at all). Here the same description is paired with an implementation
 reinterprets the broadcast activation bytes as ``uint8x64`` and the weights as ``int8x64``.
 It is registered under mcc's own name, leaving TVM's registry entry untouched, by
 :func:`register_all` (called before any int8 kernel is built), together with the exact
-``vpmaddwd`` intrinsics the int8 kernels use without VNNI.
+intrinsics the int8 kernels use without VNNI: ``vpmaddwd`` on 16-bit pairs for any int8
+weights, ``vpmaddubsw`` for weights within 7 bits.
 
 ``vpdpbusd`` multiplies unsigned by signed bytes into 16-bit products and adds groups of four
 into the int32 lane without saturation, so the result is exact for every uint8/int8 input,
@@ -74,6 +75,41 @@ _PMADDWD_AVX2 = """        pair = T.reinterpret(A.vload([0], "int16x2"), dtype="
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, hi, dtype="int32x8")
 """
 
+# vpmaddubsw multiplies unsigned by signed bytes and adds adjacent pairs into 16 bits, with
+# saturation: exact only while |2·255·w| ≤ 32767, i.e. for weights within [−64, 63] (7 bits,
+# what oneDNN and ONNX Runtime's reduce_range also use on CPUs without VNNI). A vpmaddwd by ones
+# then adds the pairs of pairs into int32: four products per lane, like vpdpbusd, from uint8
+# activations and int8 weights as they are (no widening pass), in three instructions per 32
+# multiply-adds against vpmaddwd's two per 16.
+_MADDUBSW_AVX512 = """        a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_bytes = T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64")
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddubs.w.512"),
+            a_bytes, B.vload([0, 0], dtype="int8x64"), dtype="int16x32")
+        C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], dtype="int32x16") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), pairs,
+            T.broadcast(T.int16(1), 32), dtype="int32x16")
+"""
+
+_MADDUBSW_AVX2 = """        a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_bytes = T.reinterpret(T.broadcast(a_word, 8), dtype="uint8x32")
+        lo = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+            a_bytes, B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
+        hi = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+            a_bytes, B.vload([8, 0], dtype="int8x32"), dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), lo, T.broadcast(T.int16(1), 16),
+            dtype="int32x8")
+        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), hi, T.broadcast(T.int16(1), 16),
+            dtype="int32x8")
+"""
+
+#: 16 int32 lanes += 4 uint8 × (16 × 4) int8 within [−64, 63], without VNNI.
+MADDUBSW_16X4 = {("avx512", "global"): "mcc.x86.avx512_pmaddubsw_u8s7s32_16x4",
+                 ("avx512", "local"): "mcc.x86.avx512_pmaddubsw_u8s7s32_16x4.local",
+                 ("avx2", "global"): "mcc.x86.avx2_pmaddubsw_u8s7s32_16x4",
+                 ("avx2", "local"): "mcc.x86.avx2_pmaddubsw_u8s7s32_16x4.local"}
+
 #: 16 int32 lanes += 2 int16 (widened uint8) × (16 × 2) int8 without VNNI: AVX-512 (one zmm)
 #: or AVX2 (two ymm).
 PMADDWD_16X2 = {("avx512", "global"): "mcc.x86.avx512_pmaddwd_s16s8s32_16x2",
@@ -107,4 +143,6 @@ def register_all() -> None:
         _register(name, 4, scope, _VNNI, "uint8")
     for (isa, scope), name in PMADDWD_16X2.items():
         _register(name, 2, scope, _PMADDWD_AVX512 if isa == "avx512" else _PMADDWD_AVX2, "int16")
+    for (isa, scope), name in MADDUBSW_16X4.items():
+        _register(name, 4, scope, _MADDUBSW_AVX512 if isa == "avx512" else _MADDUBSW_AVX2, "uint8")
     _registered = True

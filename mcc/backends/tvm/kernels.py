@@ -183,6 +183,7 @@ class Conv2d:
     pad_value: int = 0
     tile: tuple[int, int] | None = None
     isa: str | None = None
+    narrow: bool = False  # int8 weights within [-64, 63]: vpmaddubsw is exact (no VNNI)
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -230,6 +231,7 @@ class Depthwise2d:
     tile: tuple[int, int] | None = None
     isa: str | None = None
     vnni: bool = False  # accepted for target_fields(); depthwise has no channel reduction
+    narrow: bool = False  # accepted like vnni
 
     out_hw = Conv2d.out_hw
 
@@ -254,6 +256,7 @@ class Dense:
     epilogue: Epilogue = Epilogue()
     vnni: bool = False
     isa: str | None = None
+    narrow: bool = False  # as in Conv2d
 
     @property
     def macs(self) -> int:
@@ -276,20 +279,23 @@ def target_fields(target) -> dict:
 
 
 def _reduce_group(w) -> int:
-    """Input bytes one instruction sums per output lane: 4 (``vpdpbusd``), 2 (``vpmaddwd``
-    with ``isa`` avx512/avx2) or 1 (int32 multiply-adds that LLVM vectorises; float)."""
+    """Input values one instruction sums per output lane: 4 (``vpdpbusd``; ``vpmaddubsw`` +
+    ``vpmaddwd`` for ``narrow`` weights), 2 (``vpmaddwd`` with ``isa`` avx512/avx2) or 1 (int32
+    multiply-adds that LLVM vectorises; float)."""
     if w.dtype != "int8":
         return 1
     if w.vnni:
         return 4
-    return 2 if w.isa in ("avx512", "avx2") else 1
+    if w.isa in ("avx512", "avx2"):
+        return 4 if w.narrow else 2
+    return 1
 
 
 def _intrinsic(w) -> str | None:
     """The tensor intrinsic a workload's inner 16 lanes × reduce_group bytes map to."""
     g = w.reduce_group
     if g == 4:
-        return intrinsics.VNNI_16X4_LOCAL
+        return intrinsics.VNNI_16X4_LOCAL if w.vnni else intrinsics.MADDUBSW_16X4[(w.isa, "local")]
     if g == 2:
         return intrinsics.PMADDWD_16X2[(w.isa, "local")]
     return None

@@ -719,9 +719,9 @@ class Lowering(TorchFXImporter):
 
     def _conv(self, module: nn.Conv2d, x: Value, weight: np.ndarray, consts: list[np.ndarray],
               epilogue: K.Epilogue, dtype: str, residual: Value | None = None,
-              pad_value: int = 0) -> Value:
+              pad_value: int = 0, narrow: bool = False) -> Value:
         """Conv2d on ``x`` with the (unpacked, OIHW) ``weight``; per-channel ``consts`` (length
-        OC) are padded to the kernel's channels."""
+        OC) are padded to the kernel's channels. ``narrow``: int8 weights within 7 bits."""
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
             raise BackendError(f"conv padding {module.padding!r}/{module.padding_mode} is not "
                                "supported by mcc's kernels; use explicit zero padding")
@@ -734,7 +734,7 @@ class Lowering(TorchFXImporter):
         padding = (ph, pw, ph, pw)
         common = dict(kernel=(kh, kw), stride=_pair(module.stride), padding=padding,
                       dilation=_pair(module.dilation), dtype=dtype, epilogue=epilogue,
-                      pad_value=pad_value, **K.target_fields(self.target))
+                      pad_value=pad_value, narrow=narrow, **K.target_fields(self.target))
         if groups > 1 and groups == ic == oc and b == BLOCK:
             work = K.Depthwise2d(n, cb * BLOCK, h, w, **common)
             packed = K.pack_depthwise_weight(weight, cb * BLOCK)
@@ -771,7 +771,7 @@ class Lowering(TorchFXImporter):
         return self._blocked(x)
 
     def _dense(self, module: nn.Linear, x: Value, weight: np.ndarray, consts: list[np.ndarray],
-               epilogue: K.Epilogue, dtype: str) -> Value:
+               epilogue: K.Epilogue, dtype: str, narrow: bool = False) -> Value:
         """Linear on a 2-D ``x`` (``rows`` with padded columns, or plain)."""
         if x.layout == "blocked":
             x = self._unblock(x)
@@ -787,7 +787,8 @@ class Lowering(TorchFXImporter):
         n = K.padded_channels(weight.shape[0])
         full = np.zeros((weight.shape[0], k), weight.dtype)
         full[:, :weight.shape[1]] = weight
-        work = K.Dense(m, n, k, dtype=dtype, epilogue=epilogue, **K.target_fields(self.target))
+        work = K.Dense(m, n, k, dtype=dtype, epilogue=epilogue, narrow=narrow,
+                       **K.target_fields(self.target))
         args = [expr, self._const(K.pack_dense_weight(full, work))]
         args += [self._const(_pad(c, n)) for c in consts]
         return Value(self._call(work, args), "rows", weight.shape[0])
@@ -814,6 +815,8 @@ class Lowering(TorchFXImporter):
                                "for the input and weight scales); recalibrate or skip the layer")
         bias_q = bias_q.astype(np.int32)
         weight = codes.astype(np.int8)
+        # 7-bit weights (quantize{weights=int7}, int4...) let CPUs without VNNI use vpmaddubsw
+        narrow = bool(codes.min() >= -64 and codes.max() <= 63)
         self.integer_units += 1
         if g.out_q is not None:
             q_out = QParams.of(self.named_modules[g.out_q.target])
@@ -831,9 +834,10 @@ class Lowering(TorchFXImporter):
             consts = [bias_q, s_acc.astype(np.float32)]
             epilogue = K.Epilogue("dequant", clamp=g.unit.clamp)
         if isinstance(module, nn.Linear):
-            value = self._dense(module, x, weight, consts, epilogue, "int8")
+            value = self._dense(module, x, weight, consts, epilogue, "int8", narrow=narrow)
         else:
-            value = self._conv(module, x, weight, consts, epilogue, "int8", pad_value=q_in.zero_point)
+            value = self._conv(module, x, weight, consts, epilogue, "int8", pad_value=q_in.zero_point,
+                               narrow=narrow)
         return Value(value.expr, value.layout, value.channels, q_out)
 
     def _int_add(self, g: _Group) -> Value:

@@ -19,17 +19,20 @@ FALLBACKS = [(name, isa) for name, isa in (("skylake-avx512", "avx512"), ("haswe
 
 
 def _int8_conv_case(target, rng, *, ic, oc, hw, k, stride, pad, groups=1, epilogue, zp_in=9,
-                    isa="target"):
-    """Build, run and reference one int8 convolution; returns (got, expected) as int64 NCHW."""
+                    isa="target", narrow=False):
+    """Build, run and reference one int8 convolution; returns (got, expected) as int64 NCHW.
+    ``narrow``: weights within [-64, 63] (the vpmaddubsw path without VNNI)."""
     x = rng.integers(0, 256, (2, ic, hw, hw))
-    w = rng.integers(-127, 128, (oc, ic // groups, k, k))
+    w = rng.integers(-64, 64, (oc, ic // groups, k, k)) if narrow else \
+        rng.integers(-127, 128, (oc, ic // groups, k, k))
     icg = ic // groups
     in_block = 16 if icg % 16 == 0 else 4
     icp = -(-ic // in_block) * in_block
     ocp = K.padded_channels(oc) if groups == 1 else oc
     fields = K.target_fields(target) if isa == "target" else {"vnni": False, "isa": isa}
     work = K.Conv2d(2, icp, hw, hw, ocp, (k, k), (stride, stride), (pad,) * 4, groups=groups,
-                    in_block=in_block, dtype="int8", epilogue=epilogue, pad_value=zp_in, **fields)
+                    in_block=in_block, dtype="int8", epilogue=epilogue, pad_value=zp_in,
+                    narrow=narrow, **fields)
     bias = rng.integers(-5000, 5000, ocp).astype(np.int32)
     acc = ref.conv2d(x, w, (stride, stride), (pad,) * 4, groups=groups, pad_value=zp_in)
     acc = acc + bias[:oc, None, None]
@@ -88,6 +91,26 @@ def test_int8_conv_fallbacks_are_exact(name, isa):
     assert (K.unpack_activation(out, 16) == 255 * -128 * 16).all()
 
 
+@pytest.mark.parametrize("name, isa", [f for f in FALLBACKS if f[1] is not None])
+def test_int8_conv_with_7_bit_weights_is_exact(name, isa):
+    """Weights within [-64, 63] take vpmaddubsw (u8 × s8 pairs into 16 bits) + vpmaddwd by
+    ones: exact, including the extremes 255 × -64 and 255 × 63, whose pair sums (-32640 and
+    32130) come closest to the int16 limits."""
+    target = resolve(name)
+    rng = np.random.default_rng(3)
+    got, expected = _int8_conv_case(target, rng, ic=32, oc=32, hw=8, k=3, stride=1, pad=1,
+                                    epilogue=U8_RELU, zp_in=255, isa=isa, narrow=True)
+    np.testing.assert_array_equal(got, expected)
+    for value in (-64, 63):
+        work = K.Conv2d(1, 16, 4, 4, 16, (1, 1), dtype="int8", epilogue=K.Epilogue("int32"),
+                        isa=isa, narrow=True)
+        assert work.reduce_group == 4
+        out = K.Compiled(work, target)(K.pack_activation(np.full((1, 16, 4, 4), 255, np.uint8), 16),
+                                       K.pack_conv_weight(np.full((16, 16, 1, 1), value, np.int8), work),
+                                       np.zeros(16, np.int32))
+        assert (K.unpack_activation(out, 16) == 255 * value * 16).all()
+
+
 def test_grouped_conv_is_exact():
     got, expected = _int8_conv_case(HOST, np.random.default_rng(2), ic=64, oc=64, hw=7, k=3,
                                     stride=1, pad=1, groups=2, epilogue=U8_RELU)
@@ -136,10 +159,10 @@ def _asm(work, target_name):
 
 
 def test_int8_kernels_use_the_intended_instructions():
-    """VNNI: vpdpbusd; AVX-512 without VNNI: vpmaddwd on zmm; AVX2: vpmaddwd on ymm. Never the
-    saturating vpmaddubsw."""
-    def dense(target_name):
-        return K.Dense(4, 32, 64, dtype="int8", epilogue=K.Epilogue("int32"),
+    """VNNI: vpdpbusd; AVX-512 without VNNI: vpmaddwd on zmm; AVX2: vpmaddwd on ymm; the
+    saturating vpmaddubsw only for 7-bit weights, where it cannot saturate."""
+    def dense(target_name, narrow=False):
+        return K.Dense(4, 32, 64, dtype="int8", epilogue=K.Epilogue("int32"), narrow=narrow,
                        **K.target_fields(resolve(target_name)))
 
     vnni, avx512, avx2 = _asm(dense("znver4"), "znver4"), _asm(dense("skylake-avx512"),
@@ -149,6 +172,13 @@ def test_int8_kernels_use_the_intended_instructions():
     assert "vpdpbusd" not in avx512 and "%zmm" in avx512 and avx512.count("vpmaddwd") >= 8
     assert "vpdpbusd" not in avx2 and "%zmm" not in avx2 and avx2.count("vpmaddwd") >= 8
     assert not any("vpmaddubsw" in asm for asm in (vnni, avx512, avx2))
+    # 7-bit weights: vpmaddubsw + vpmaddwd by ones without VNNI; VNNI keeps vpdpbusd
+    for name, register in (("skylake-avx512", "%zmm"), ("haswell", "%ymm")):
+        asm = _asm(dense(name, narrow=True), name)
+        lines = [line for line in asm.splitlines() if "vpmaddubsw" in line]
+        assert len(lines) >= 8 and all(register in line for line in lines)
+        assert asm.count("vpmaddwd") >= len(lines)
+    assert "vpmaddubsw" not in _asm(dense("znver4", narrow=True), "znver4")
 
 
 def test_float_conv_matches_torch_with_fused_residual():
