@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _report_args(p)
     p.set_defaults(run=cmd_compress)
 
-    p = sub.add_parser("compile", help="compress a model and compile it for an x86 CPU with TVM",
+    p = sub.add_parser("compile", help="compress a model and compile it for an x86 or ARM CPU with TVM",
                        description="Trace MODEL, run the pipeline (calibrating quantizers with "
                                    "--calib), compile the result with TVM for --target and write "
                                    "the artifact directory OUT (lib.so, constants.params, "
@@ -178,7 +178,10 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
 def _target_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="x86", metavar="CPU",
                    help="the CPU to compile for: x86 (this machine), znver4, icelake-server, "
-                        "cascadelake, skylake-avx512 or haswell (default x86)")
+                        "cascadelake, skylake-avx512 or haswell (default x86); arm (any aarch64 "
+                        "Linux CPU) or arm:CPU with CPU one of cortex-a53, cortex-a72, cortex-a55, "
+                        "cortex-a76, neoverse-n1, neoverse-v1, m1 (cross-compiled; needs "
+                        "gcc-aarch64-linux-gnu)")
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:

@@ -60,10 +60,11 @@ def check_loadable(meta: dict) -> None:
     kind = target.get("kind", "llvm")
     if kind != "llvm":
         raise BackendError(f"this artifact was compiled for a {kind} device; this runtime runs "
-                           "x86 CPU artifacts: compile again with --target x86")
+                           "CPU artifacts: compile again with --target x86 or arm")
     from mcc.backends.tvm.target import check_runnable
 
-    check_runnable(target.get("features", []), target.get("name", "?"))
+    check_runnable(target.get("features", []), target.get("name", "?"),
+                   arch=target.get("arch", "x86_64"))
     built = str(meta.get("versions", {}).get("tvm", ""))
     if _release(built) != _release(tvm.__version__):
         raise BackendError(f"this artifact was built with TVM {built or 'unknown'} and this runtime "

@@ -1,4 +1,4 @@
-"""The TVM backend: compile an :class:`mcc.Graph` into x86 code, float or integer.
+"""The TVM backend: compile an :class:`mcc.Graph` into x86 or aarch64 code, float or integer.
 
 ::
 
@@ -11,25 +11,27 @@
     artifact.save("resnet18.int8")
     (logits,) = mcc.runtime.load("resnet18.int8")(x.numpy())
 
-Targets are in :mod:`~mcc.backends.tvm.target`, kernels in :mod:`~mcc.backends.tvm.kernels`,
+Targets are in :mod:`~mcc.backends.tvm.target` (ARM: :mod:`~mcc.backends.tvm.arm`), kernels in :mod:`~mcc.backends.tvm.kernels`,
 the graph walk in :mod:`~mcc.backends.tvm.lower`, tuning databases in
 :mod:`~mcc.backends.tvm.tuning`, the artifact format in :mod:`mcc.runtime`. docs/backend.md
-explains all of it.
+explains all of it, docs/targets.md the targets.
 """
 
 from __future__ import annotations
 
 import os
 
+from mcc.backends.tvm.arm import ARM_CPUS, ArmTarget
 from mcc.backends.tvm.artifact import Artifact, metadata
 from mcc.backends.tvm.target import TARGETS, VALID, CpuTarget, resolve
 from mcc.errors import BackendError
 from mcc.graph import Graph
 
-__all__ = ["compile", "Artifact", "resolve", "CpuTarget", "TARGETS", "VALID"]
+__all__ = ["compile", "Artifact", "resolve", "CpuTarget", "ArmTarget", "TARGETS", "ARM_CPUS",
+           "VALID"]
 
 
-def compile(graph: Graph, target: str | CpuTarget = "x86", *, tuning: str | os.PathLike | None = None,
+def compile(graph: Graph, target: str | CpuTarget | ArmTarget = "x86", *, tuning: str | os.PathLike | None = None,
             requantize: str = "scale", allow_float: bool = False, pipeline: str | None = None,
             name: str | None = None) -> Artifact:
     """Compile ``graph`` for ``target`` and return the runnable :class:`Artifact`.
@@ -42,6 +44,7 @@ def compile(graph: Graph, target: str | CpuTarget = "x86", *, tuning: str | os.P
     (int32 multiplier and shift, integer only). ``allow_float`` lets a quantized layer that has
     no integer kernel (log2 or asymmetric weights, Conv1d) run in float instead of failing; the
     artifact's ``metadata["float_ops"]`` lists them. ``pipeline`` is recorded in the metadata.
+    An ARM target's artifact is cross-compiled: it saves, but runs only on an aarch64 machine.
     """
     from mcc.backends.tvm import build, lower, tuning as tuning_db
     from mcc.quant import structure as st
@@ -50,6 +53,7 @@ def compile(graph: Graph, target: str | CpuTarget = "x86", *, tuning: str | os.P
         raise BackendError(f"compile takes an mcc.Graph (from mcc.trace or mcc.compress), got "
                            f"{type(graph).__name__}")
     cpu = resolve(target)
+    export_options = cpu.export_options()  # a missing cross compiler fails before any work
     scheduler = tuning_db.Scheduler(cpu, tuning)
     lowered = lower.lower(graph, cpu, schedule=scheduler.schedule, requantize=requantize,
                           allow_float=allow_float)
@@ -58,4 +62,4 @@ def compile(graph: Graph, target: str | CpuTarget = "x86", *, tuning: str | os.P
     meta = metadata(lowered, cpu, quantization=quantization, pipeline=pipeline,
                     tuning=scheduler.summary(), name=name)
     meta["requantize"] = requantize if quantization else None
-    return Artifact(executable, lowered.constants, meta)
+    return Artifact(executable, lowered.constants, meta, export_options)

@@ -18,25 +18,49 @@ from pathlib import Path
 
 import numpy as np
 
+from mcc.backends.tvm.target import check_runnable, host_arch
 from mcc.errors import ExportError
 from mcc.io import default_mode
 from mcc.runtime import CONSTANTS, FORMAT, FORMAT_VERSION, LIBRARY, METADATA, Runtime
 
 
 class Artifact(Runtime):
-    """A model compiled by :func:`mcc.backends.tvm.compile`, runnable in this process.
+    """A model compiled by :func:`mcc.backends.tvm.compile`, runnable in this process when it
+    was compiled for this machine's architecture.
 
     ``artifact(x)`` returns the outputs as numpy arrays; ``artifact.save(path)`` writes the
     directory :func:`mcc.runtime.load` reads; ``artifact.metadata`` is ``metadata.json``.
+    ``export_options`` go to TVM's ``export_library`` (an ARM target's cross compiler).
+    A cross-compiled artifact (``runs_here`` false) only saves: calling it raises a
+    :class:`~mcc.errors.TargetError` (loading its code here would JIT another architecture's
+    instructions).
     """
 
-    def __init__(self, executable, constants: list[np.ndarray], metadata: dict):
+    def __init__(self, executable, constants: list[np.ndarray], metadata: dict,
+                 export_options: dict | None = None):
         import tvm
 
         self.executable = executable
         self.constant_arrays = constants
+        self.export_options = dict(export_options or {})
+        self.runs_here = metadata["target"].get("arch", "x86_64") == host_arch()
+        if not self.runs_here:
+            self.metadata = metadata
+            return
         tensors = [tvm.runtime.tensor(c) for c in constants]
         super().__init__(executable, tensors, metadata)
+
+    def _refuse_foreign(self) -> None:
+        if not self.runs_here:
+            check_runnable([], self.metadata["target"]["name"], arch=self.metadata["target"]["arch"])
+
+    def __call__(self, *arrays) -> tuple[np.ndarray, ...]:
+        self._refuse_foreign()
+        return super().__call__(*arrays)
+
+    def latency(self, *arrays, **kwargs) -> dict:
+        self._refuse_foreign()
+        return super().latency(*arrays, **kwargs)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the artifact directory at ``path`` (replacing an earlier artifact there)."""
@@ -52,7 +76,7 @@ class Artifact(Runtime):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
         try:
             os.chmod(tmp, default_mode(0o777))  # mkdtemp's 0700 would hide it from other users
-            self.executable.export_library(str(tmp / LIBRARY))
+            self.executable.export_library(str(tmp / LIBRARY), **self.export_options)
             names = self.metadata["constants"]["names"]
             params = {n: tvm.runtime.tensor(c) for n, c in zip(names, self.constant_arrays)}
             (tmp / CONSTANTS).write_bytes(tvm.runtime.save_param_dict(params))

@@ -55,9 +55,15 @@ class ArtifactModel:
 
 def compiled_stats(artifact, graph, evaluator, *, latency: bool) -> dict:
     """The deployed model's own figures: the artifact's median latency on the graph's example
-    inputs, and the evaluator's metric computed on the artifact's outputs (not the graph's)."""
+    inputs, and the evaluator's metric computed on the artifact's outputs (not the graph's).
+    A cross-compiled artifact cannot run here: both stay None and ``not_run`` says why."""
     stats = {"latency_ms": None, "metric": None,
              "metric_name": getattr(evaluator, "metric_name", None) if evaluator else None}
+    if not artifact.runs_here:
+        target = artifact.metadata["target"]
+        stats["not_run"] = (f"not run: {target['arch']} code for {target['name']}; copy the "
+                            "artifact to the board and time it there with mcc run")
+        return stats
     if latency:
         inputs = [t.detach().cpu().numpy() for t in graph.example_inputs]
         stats["latency_ms"] = artifact.latency(*inputs)["median"] * 1e3
@@ -72,7 +78,8 @@ def compiled_table(artifact, stats: dict) -> str:
     target = meta["target"]
     from mcc.report import human_bytes
 
-    lines = [f"compiled for {target['name']}{' (VNNI)' if target['vnni'] else ''}: "
+    extension = " (VNNI)" if target.get("vnni") else " (dotprod)" if target.get("dotprod") else ""
+    lines = [f"compiled for {target['name']}{extension}: "
              f"{meta['integer_units']} integer units, {len(meta['float_ops'])} float ops, "
              f"{meta['kernels']} kernels, {human_bytes(meta['constants']['bytes'])} of constants"]
     if meta["float_ops"]:
@@ -82,6 +89,8 @@ def compiled_table(artifact, stats: dict) -> str:
         t = meta["tuning"]
         lines.append(f"  tuning: {t['database']}: {t['applied']} kernel(s) from {t['records']} "
                      f"record(s) for this target" + (f", {t['failed']} stale" if t["failed"] else ""))
+    if stats.get("not_run"):
+        lines.append(f"  {stats['not_run']}")
     if stats["latency_ms"] is not None:
         lines.append(f"  latency: {stats['latency_ms']:.3f} ms (median)")
     if stats["metric"] is not None:

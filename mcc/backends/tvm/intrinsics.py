@@ -1,4 +1,8 @@
-"""The x86 VNNI tensor intrinsic, corrected: 16 int32 lanes += 4 uint8 × (16 × 4) int8.
+"""mcc's tensor intrinsics: the int8 dot products its kernels' inner loops are tensorized to.
+
+x86: the VNNI intrinsic, corrected (16 int32 lanes += 4 uint8 × (16 × 4) int8), and without
+VNNI ``vpmaddwd`` pairs or ``vpmaddubsw`` for 7-bit weights. aarch64: ``sdot`` (dotprod), 16 lanes += 4 (uint8 − 128) ×
+(16 × 4) int8.
 
 TVM's own ``dot_16x4_vnni`` passes ``<16 x i32>`` operands to ``llvm.x86.avx512.vpdpbusd.512``,
 which the LLVM bundled with TVM 0.27 declares with ``<64 x i8>`` operands: every module using
@@ -13,6 +17,13 @@ weights, ``vpmaddubsw`` for weights within 7 bits.
 ``vpdpbusd`` multiplies unsigned by signed bytes into 16-bit products and adds groups of four
 into the int32 lane without saturation, so the result is exact for every uint8/int8 input,
 which ``pmaddubsw`` (TVM's AVX-512 fallback, saturating 16-bit pair sums) is not.
+
+``sdot`` multiplies signed bytes by signed bytes (``udot`` unsigned by unsigned); mcc's
+activations are uint8 and its weights int8. Flipping an activation byte's top bit gives the
+int8 ``q − 128`` exactly, so the aarch64 intrinsic is *described* as ``Σ (q − 128)·w`` (the
+kernels' compute says the same, see :func:`mcc.backends.tvm.kernels.activation_offset`) and
+implemented as one XOR and four ``sdot`` (4 int32 lanes each); the lowering adds ``128·Σw`` to
+the int32 bias. Products of two int8 never overflow the int32 lanes' 4-term sums.
 """
 
 from __future__ import annotations
@@ -117,6 +128,28 @@ PMADDWD_16X2 = {("avx512", "global"): "mcc.x86.avx512_pmaddwd_s16s8s32_16x2",
                 ("avx2", "global"): "mcc.x86.avx2_pmaddwd_s16s8s32_16x2",
                 ("avx2", "local"): "mcc.x86.avx2_pmaddwd_s16s8s32_16x2.local"}
 
+#: 16 int32 lanes += 4 (uint8 − 128) × (16 × 4) int8 with aarch64 dotprod.
+SDOT_16X4 = "mcc.arm.sdot_u8s8s32_16x4"
+SDOT_16X4_LOCAL = "mcc.arm.sdot_u8s8s32_16x4.local"
+
+_DESC_SHIFTED = """        for i in T.serial(0, 16):
+            for k in T.serial(0, {k}):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + (T.cast(A[vk], "int32") - 128) * T.cast(B[vi, vk], "int32")
+"""
+
+# The 4 activation bytes repeated in every 32-bit lane (one ld1r), top bits flipped (one eor:
+# q − 128 as int8); sdot lane j of register r adds B[4r + j, 0:4] · those bytes.
+_SDOT = """        a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_bytes = T.reinterpret(T.reinterpret(T.broadcast(a_word, 4), dtype="uint8x16")
+                                ^ T.broadcast(T.uint8(128), 16), dtype="int8x16")
+""" + "".join(f"""        C[T.ramp(T.int32({4 * r}), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([{4 * r}], dtype="int32x4"), B.vload([{4 * r}, 0], dtype="int8x16"), a_bytes,
+            dtype="int32x4")
+""" for r in range(4))
+
 
 def _parse(body: str, k: int, scope: str, a_dtype: str):
     return tvm.script.from_source(
@@ -124,8 +157,8 @@ def _parse(body: str, k: int, scope: str, a_dtype: str):
                           b_dtype="int16" if a_dtype == "int16" else "int8") + body)
 
 
-def _register(name: str, k: int, scope: str, impl: str, a_dtype: str) -> None:
-    TensorIntrin.register(name, _parse(_DESC.format(k=k), k, scope, a_dtype),
+def _register(name: str, k: int, scope: str, impl: str, a_dtype: str, desc: str = _DESC) -> None:
+    TensorIntrin.register(name, _parse(desc.format(k=k), k, scope, a_dtype),
                           _parse(impl, k, scope, a_dtype), override=True)
 
 
@@ -145,4 +178,6 @@ def register_all() -> None:
         _register(name, 2, scope, _PMADDWD_AVX512 if isa == "avx512" else _PMADDWD_AVX2, "int16")
     for (isa, scope), name in MADDUBSW_16X4.items():
         _register(name, 4, scope, _MADDUBSW_AVX512 if isa == "avx512" else _MADDUBSW_AVX2, "uint8")
+    for scope, name in (("global", SDOT_16X4), ("local", SDOT_16X4_LOCAL)):
+        _register(name, 4, scope, _SDOT, "uint8", _DESC_SHIFTED)
     _registered = True

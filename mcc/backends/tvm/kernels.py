@@ -1,14 +1,15 @@
-"""x86 kernels, float32 and int8: conv2d (grouped), depthwise conv2d, dense, and the
-elementwise and pooling steps of the integer path, each with a hand-written schedule.
+"""CPU kernels (x86 and aarch64), float32 and int8: conv2d (grouped), depthwise conv2d, dense,
+and the elementwise and pooling steps of the integer path, each with a hand-written schedule.
 
 Why hand-written: TVM's untuned CPU build of a convolution is a scalar loop nest (ResNet-18 at
 about 2 s per image). These schedules are what TOPI's x86 ``conv2d_NCHWc`` schedules did, redone
 in TensorIR: a register tile of output pixels × output channel blocks held in vector registers,
 the reduction outside it, output rows in parallel, the epilogue fused per tile. On AVX-512 the
 tile is 8 pixels × 2 blocks of 16 channels (16 zmm accumulators), on AVX2 6 pixels × 1 block
-(12 ymm). Measured on one Zen core (benchmarks/tvm_kernels.py): ResNet-18's convolutions at
-~480 GMAC/s in int8 (VNNI) and ~130 GMAC/s in float32, close to the core's peak; a meta_schedule
-record (see :mod:`mcc.backends.tvm.tuning`) can still replace any of them.
+(12 ymm), on aarch64 6 pixels × 1 block (24 of NEON's 32 q registers). Measured on one Zen
+core (benchmarks/tvm_kernels.py): ResNet-18's convolutions at ~480 GMAC/s in int8 (VNNI) and
+~130 GMAC/s in float32, close to the core's peak; a meta_schedule record (see
+:mod:`mcc.backends.tvm.tuning`) can still replace any of them.
 
 Layouts (channel blocks of 16; ``Cp`` is the channel count padded up to a multiple of 16):
 
@@ -16,12 +17,12 @@ Layouts (channel blocks of 16; ``Cp`` is the channel count padded up to a multip
   keeps them in one block, ``[N, 1, H, W, C]`` (int8 pads C to a multiple of 4).
 * float conv weights ``[OCp/16, ICp/ib, KH, KW, ib, 16]``.
 * int8 conv weights ``[OCp/16, ICp/ib, KH, KW, ib/g, 16, g]``: 16 output channels × ``g`` input
-  values contiguous, what one instruction consumes: ``g = 4`` bytes for VNNI ``vpdpbusd``,
-  ``g = 2`` for ``vpmaddwd`` (AVX-512 or AVX2 without VNNI), ``g = 1`` for int32 multiply-adds
-  that LLVM vectorises (no ``isa``). For ``vpmaddwd`` the weights are stored sign-extended to
-  int16 and the padding pass widens the activations to int16: the multiply-add then reads both
-  operands as they are, where widening them in the inner loop cost as many instructions as
-  the multiply-adds (ResNet-18's 3×3 convolutions went from ~33 to ~65 GMAC/s on one AVX2 Zen 3
+  values contiguous, what one instruction consumes: ``g = 4`` bytes for VNNI ``vpdpbusd`` and
+  for aarch64 ``sdot`` (``isa`` dotprod), ``g = 2`` for ``vpmaddwd`` (AVX-512 or AVX2 without
+  VNNI), ``g = 1`` for int32 multiply-adds that LLVM vectorises (no ``isa``, or ``neon``). For
+  ``vpmaddwd`` the weights are stored sign-extended to int16 and the padding pass widens the
+  activations to int16: the multiply-add then reads both operands as they are, where widening
+  them in the inner loop cost as many instructions as the multiply-adds (ResNet-18's 3×3 convolutions went from ~33 to ~65 GMAC/s on one AVX2 Zen 3
   core; the int16 weights double the constants of an AVX2 artifact).
 * depthwise weights ``[Cp/16, KH, KW, 16]``; dense weights ``[Np/16, K/g, 16, g]``.
 
@@ -152,8 +153,8 @@ def _pixel_tile(width: int, at_most: int) -> int:
 
 def _register_tile(w, blocks: int) -> tuple[int, int]:
     """(pixels, channel blocks): 8 × 2 blocks of 16 = 16 zmm accumulators with AVX-512;
-    6 × 1 block = 12 ymm with AVX2, which has 16 registers."""
-    if w.isa == "avx2":
+    6 × 1 block = 12 ymm with AVX2, which has 16 registers, or 24 q registers of NEON's 32."""
+    if w.isa in _NARROW:
         return _pixel_tile(w.out_hw[1], 6), 1
     return _pixel_tile(w.out_hw[1], 8), 2 if blocks % 2 == 0 else 1
 
@@ -272,29 +273,47 @@ class Dense:
 
 
 def target_fields(target) -> dict:
-    """The fields that fit a workload to a :class:`~mcc.backends.tvm.target.CpuTarget`:
+    """The fields that fit a workload to a target (``target.kernel_fields()``):
     ``Conv2d(..., **target_fields(target))`` sizes the register tile for the vector width and
-    makes int8 kernels use ``vpdpbusd`` with VNNI, else ``vpmaddwd``."""
-    return {"vnni": bool(target.vnni), "isa": "avx512" if target.vector_bits == 512 else "avx2"}
+    picks the int8 instructions: ``vpdpbusd`` with VNNI, else ``vpmaddwd`` (``isa`` avx512 or
+    avx2); on aarch64 ``sdot`` (``isa`` dotprod), else NEON multiply-adds (``isa`` neon)."""
+    return target.kernel_fields()
+
+
+#: ISAs whose register file holds a 6-pixel × 1-block tile, not AVX-512's 8 × 2.
+_NARROW = ("avx2", "neon", "dotprod")
 
 
 def _reduce_group(w) -> int:
-    """Input values one instruction sums per output lane: 4 (``vpdpbusd``; ``vpmaddubsw`` +
-    ``vpmaddwd`` for ``narrow`` weights), 2 (``vpmaddwd`` with ``isa`` avx512/avx2) or 1 (int32
-    multiply-adds that LLVM vectorises; float)."""
+    """Input values one instruction sums per output lane: 4 (``vpdpbusd``, ``sdot``;
+    ``vpmaddubsw`` + ``vpmaddwd`` for ``narrow`` weights), 2 (``vpmaddwd`` with ``isa``
+    avx512/avx2) or 1 (int32 multiply-adds that LLVM vectorises; float)."""
     if w.dtype != "int8":
         return 1
-    if w.vnni:
+    if w.vnni or w.isa == "dotprod":
         return 4
     if w.isa in ("avx512", "avx2"):
         return 4 if w.narrow else 2
     return 1
 
 
+def activation_offset(w) -> int:
+    """What the kernel subtracts from every uint8 activation code before multiplying: 128 on
+    the ``sdot`` path, which multiplies signed bytes (``q − 128`` is ``q`` with its top bit
+    flipped, an exact int8), 0 elsewhere. The kernel then sums ``(q − 128)·w``; adding
+    ``128·Σw`` to a channel's int32 bias restores ``Σ q·w`` (padding included, as long as the
+    padded input channels have zero weights, which packing guarantees)."""
+    if isinstance(w, (Conv2d, Dense)) and w.isa == "dotprod" and w.reduce_group == 4:
+        return 128
+    return 0
+
+
 def _intrinsic(w) -> str | None:
     """The tensor intrinsic a workload's inner 16 lanes × reduce_group bytes map to."""
     g = w.reduce_group
     if g == 4:
+        if w.isa == "dotprod":
+            return intrinsics.SDOT_16X4_LOCAL
         return intrinsics.VNNI_16X4_LOCAL if w.vnni else intrinsics.MADDUBSW_16X4[(w.isa, "local")]
     if g == 2:
         return intrinsics.PMADDWD_16X2[(w.isa, "local")]
@@ -308,6 +327,14 @@ def _acc_type(dtype: str) -> str:
 
 def _in_type(dtype: str) -> str:
     return "uint8" if dtype == "int8" else "float32"
+
+
+def _shifted(code, w):
+    """An int8 workload's activation term: the code widened to int32, less
+    :func:`activation_offset` where the instruction multiplies signed bytes."""
+    value = code.astype("int32")
+    offset = activation_offset(w)
+    return value - tirx.const(offset, "int32") if offset else value
 
 
 def _padded(data: te.Tensor, padding, pad_value, dtype: str | None = None) -> te.Tensor:
@@ -379,7 +406,7 @@ def conv2d_compute(w: Conv2d):
         acc = te.compute(
             (w.batch, w.out_channels // BLOCK, oh, owp, BLOCK),
             lambda n, oc, y, x, ob: te.sum(
-                pad[n, in_block(oc), y * sh + rkh * dh, x * sw + rkw * dw, rf * g + rs].astype(acc_t)
+                _shifted(pad[n, in_block(oc), y * sh + rkh * dh, x * sw + rkw * dw, rf * g + rs], w)
                 * weight[oc, ric, rkh, rkw, rf, ob, rs].astype(acc_t),
                 axis=[ric, rkh, rkw, rf, rs]), name="conv")
     else:
@@ -453,7 +480,7 @@ def dense_compute(w: Dense):
             a = te.compute((w.m, w.k), lambda i, k: data[i, k].astype(_reduce_type(w)), name="pad")
         acc = te.compute(
             (w.m, w.n // BLOCK, BLOCK),
-            lambda i, j, b: te.sum(a[i, rf * g + rs].astype(acc_t)
+            lambda i, j, b: te.sum(_shifted(a[i, rf * g + rs], w)
                                    * weight[j, rf, b, rs].astype(acc_t), axis=[rf, rs]),
             name="conv")
     else:
@@ -561,7 +588,7 @@ def schedule_dense(w: Dense, func: tvm.tirx.PrimFunc) -> Schedule:
     _schedule_pad(sch)
     i, j, b, *reduction = sch.get_loops(sch.get_sblock("conv"))
     blocks = w.n // BLOCK
-    if w.isa == "avx2":
+    if w.isa in _NARROW:
         rows, tile_c = _largest_divisor(w.m, 6), 1
     elif w.m == 1:
         rows, tile_c = 1, _largest_divisor(blocks, 8)

@@ -1,5 +1,5 @@
 """Lower an :class:`mcc.Graph` to a Relax module whose convolutions and linear layers call
-mcc's own x86 kernels (:mod:`mcc.backends.tvm.kernels`), float or integer.
+mcc's own CPU kernels (:mod:`mcc.backends.tvm.kernels`), float or integer.
 
 Relax has no quantized dialect and no pass that turns ``dequantize → conv → quantize`` into
 integer code, and its default lowering of a convolution is an unscheduled scalar loop nest.
@@ -20,6 +20,8 @@ translated by TVM's own converter, in plain NCHW float; the ops below are mcc's:
   pooling** dequantizes and runs in float (a global mean is cheap next to the convs). Values stay uint8 NCHW16c between integer ops and are
   dequantized only where a float op reads them. Signed int8 activation grids are shifted by
   128 into uint8 (exact: ``q + 128`` with zero point ``Z + 128``), what ``vpdpbusd`` needs.
+  (aarch64's ``sdot`` wants signed bytes: its kernels flip the sign bit back, and their biases
+  gain ``128·Σw``, see :func:`~mcc.backends.tvm.kernels.activation_offset`.)
 
 Every value the walk produces is a :class:`Value`: its Relax expression, its layout (``plain``
 PyTorch layout, ``blocked`` NCHW{b}c with padded channels, or ``rows``: a 2-D ``[M, Np]`` with
@@ -747,6 +749,7 @@ class Lowering(TorchFXImporter):
             work = K.Conv2d(n, cb * b, h, w, ocp, groups=groups, in_block=b, **common)
             packed = K.pack_conv_weight(weight, work)
             channels = ocp
+        consts = _offset_bias(consts, weight, K.activation_offset(work))
         args = [x.expr, self._const(packed)]
         args += [self._const(_pad(c, channels)) for c in consts]
         if residual is not None:
@@ -789,6 +792,7 @@ class Lowering(TorchFXImporter):
         full[:, :weight.shape[1]] = weight
         work = K.Dense(m, n, k, dtype=dtype, epilogue=epilogue, narrow=narrow,
                        **K.target_fields(self.target))
+        consts = _offset_bias(consts, weight, K.activation_offset(work))
         args = [expr, self._const(K.pack_dense_weight(full, work))]
         args += [self._const(_pad(c, n)) for c in consts]
         return Value(self._call(work, args), "rows", weight.shape[0])
@@ -873,6 +877,19 @@ def _pad(values: np.ndarray, length: int) -> np.ndarray:
     out = np.zeros(length, values.dtype)
     out[:len(values)] = values
     return out
+
+
+def _offset_bias(consts: list[np.ndarray], weight: np.ndarray, offset: int) -> list[np.ndarray]:
+    """An int8 kernel that sums ``(q − offset)·w`` gets ``offset·Σw`` added to its int32 bias
+    (``consts[0]``, one per output channel), so that it still computes ``Σ q·w + bias``."""
+    if not offset:
+        return consts
+    sum_w = weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1)
+    bias = consts[0].astype(np.int64) + offset * sum_w
+    if np.any(np.abs(bias) >= 2 ** 31):
+        raise BackendError("an int32 bias overflows once the signed-dot-product offset "
+                           f"({offset}·Σw) is added; recalibrate, or compile without dotprod")
+    return [bias.astype(np.int32), *consts[1:]]
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,12 @@
-"""x86 compilation targets: a name the user types -> the LLVM CPU TVM compiles for, plus the
+"""Compilation targets: a name the user types -> the LLVM CPU TVM compiles for, plus the
 instruction-set features the generated code needs at run time.
 
-Names are either ``x86`` (the CPU this process runs on, read from ``/proc/cpuinfo``) or one of
-the CPUs in :data:`TARGETS`. Each target records the ``/proc/cpuinfo`` flags its code uses, so
-that an artifact built for one CPU is refused, with a clear message, on a CPU that lacks them
-(the alternative is an illegal-instruction crash).
+x86 names are either ``x86`` (the CPU this process runs on, read from ``/proc/cpuinfo``) or one
+of the CPUs in :data:`TARGETS`; ``arm`` and ``arm:CPU`` are aarch64 targets
+(:mod:`mcc.backends.tvm.arm`), always cross-compiled. Each target records its architecture and
+the ``/proc/cpuinfo`` flags its code uses, so that an artifact built for one CPU is refused,
+with a clear message, on a machine that lacks them (the alternative is an illegal-instruction
+crash).
 
 TVM 0.27 accepts targets only as dicts (``Target({"kind": "llvm", "mcpu": "znver4"})``); the
 string form raises.
@@ -13,8 +15,10 @@ string form raises.
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 
+from mcc.backends.tvm.arm import ARM_NAMES, ArmTarget, is_arm_name, resolve_arm
 from mcc.errors import TargetError
 
 
@@ -34,6 +38,8 @@ class CpuTarget:
     vector_bits: int
     num_cores: int
 
+    arch = "x86_64"
+
     @property
     def lanes32(self) -> int:
         """32-bit lanes in one vector register (16 with AVX-512, 8 with AVX2)."""
@@ -49,9 +55,19 @@ class CpuTarget:
         """What tuning records and artifacts are keyed by: the LLVM CPU name."""
         return self.mcpu
 
+    def kernel_fields(self) -> dict:
+        """How the kernels fit this CPU (see :func:`mcc.backends.tvm.kernels.target_fields`):
+        ``vpdpbusd`` with VNNI, else ``vpmaddwd`` on zmm (AVX-512) or ymm (AVX2)."""
+        return {"vnni": bool(self.vnni), "isa": "avx512" if self.vector_bits == 512 else "avx2"}
+
+    def export_options(self) -> dict:
+        """``export_library`` options: none, the host's C compiler links x86 code."""
+        return {}
+
     def to_json(self) -> dict:
-        return {"name": self.name, "mcpu": self.mcpu, "features": list(self.features),
-                "vnni": self.vnni, "vector_bits": self.vector_bits, "num_cores": self.num_cores}
+        return {"name": self.name, "arch": self.arch, "mcpu": self.mcpu,
+                "features": list(self.features), "vnni": self.vnni,
+                "vector_bits": self.vector_bits, "num_cores": self.num_cores}
 
     @classmethod
     def from_json(cls, data: dict) -> "CpuTarget":
@@ -77,11 +93,12 @@ TARGETS: dict[str, tuple[str, tuple[str, ...], bool, int]] = {
     "haswell": ("haswell", _AVX2, False, 256),
 }
 
-VALID = ("x86",) + tuple(TARGETS)
+VALID = ("x86",) + tuple(TARGETS) + ARM_NAMES
 
 
 def cpu_flags(cpuinfo: str | None = None) -> tuple[str, set[str]]:
-    """``(vendor, flags)`` of this machine's first CPU from ``/proc/cpuinfo`` (or the given text)."""
+    """``(vendor, flags)`` of this machine's first CPU from ``/proc/cpuinfo`` (or the given text):
+    x86's ``flags``, aarch64's ``Features``."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
@@ -95,7 +112,7 @@ def cpu_flags(cpuinfo: str | None = None) -> tuple[str, set[str]]:
         key = key.strip()
         if key == "vendor_id" and not vendor:
             vendor = value.strip()
-        elif key == "flags" and not flags:
+        elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
     return vendor, flags
 
@@ -114,10 +131,12 @@ def host_name(cpuinfo: str | None = None) -> str:
                       f"target to cross-compile: one of {', '.join(TARGETS)}")
 
 
-def resolve(target: "str | CpuTarget", cpuinfo: str | None = None) -> CpuTarget:
-    """The :class:`CpuTarget` for a name: ``x86`` (this CPU) or one of :data:`TARGETS`."""
-    if isinstance(target, CpuTarget):
+def resolve(target: "str | CpuTarget | ArmTarget", cpuinfo: str | None = None):
+    """The target for a name: ``x86`` (this CPU), one of :data:`TARGETS`, ``arm`` or ``arm:CPU``."""
+    if isinstance(target, (CpuTarget, ArmTarget)):
         return target
+    if is_arm_name(target):
+        return resolve_arm(target)
     if not isinstance(target, str) or target.strip().lower() not in VALID:
         raise TargetError(f"unknown target {target!r}: valid targets are {', '.join(VALID)} "
                           "(x86 = this machine's CPU)")
@@ -129,10 +148,25 @@ def resolve(target: "str | CpuTarget", cpuinfo: str | None = None) -> CpuTarget:
     return CpuTarget(name, mcpu, features, vnni, bits, cores)
 
 
-def check_runnable(features, name: str, cpuinfo: str | None = None) -> None:
-    """Refuse to run code built for ``name`` on a CPU that lacks one of its ``features``."""
+def host_arch() -> str:
+    """This machine's architecture as targets name it (``x86_64``, ``aarch64``)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def check_runnable(features, name: str, cpuinfo: str | None = None, arch: str = "x86_64") -> None:
+    """Refuse to run code built for ``name`` on another architecture, or on a CPU that lacks
+    one of its ``features``."""
+    if arch != host_arch():
+        raise TargetError(f"this artifact is {arch} code (compiled for {name}) and this machine is "
+                          f"{host_arch()}: copy the artifact directory to an {arch} machine and "
+                          "load it there")
     _, flags = cpu_flags(cpuinfo)
     missing = [f for f in features if f not in flags]
+    if missing and arch == "aarch64":
+        raise TargetError(f"this artifact was compiled for {name} and uses {', '.join(missing)}, "
+                          "which this CPU lacks (asimddp = dotprod); compile it again with "
+                          "--target arm (NEON only) or the arm:CPU of this board")
     if missing:
         raise TargetError(f"this artifact was compiled for {name} and uses {', '.join(missing)}, "
                           f"which this CPU lacks; compile it again with --target x86 (this "

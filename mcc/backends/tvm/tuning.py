@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from mcc.backends.tvm import kernels as K
-from mcc.backends.tvm.target import CpuTarget
-from mcc.errors import BackendError
+from mcc.backends.tvm.target import CpuTarget, host_arch
+from mcc.errors import BackendError, TargetError
 from mcc.io import default_mode
 
 VERSION = 1
@@ -332,6 +332,10 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
     from tqdm import tqdm
     from tvm.s_tir import meta_schedule as ms
 
+    if target.arch != host_arch():
+        raise TargetError(f"tuning measures every candidate on this machine ({host_arch()}), "
+                          f"which cannot run {target.arch} code for {target.name}: tune on an "
+                          f"{target.arch} machine")
     db = Database(database, target)
     todo, seen = [], set()
     for work in workloads:
