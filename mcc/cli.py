@@ -259,6 +259,7 @@ def cmd_compile(args) -> int:
     # Everything that can be checked without the model fails before any work is done.
     pipeline = as_pipeline(args.pipeline)
     target = mcc_tvm.resolve(args.target)
+    target.export_options()  # an ARM target's cross compiler must be there
     output = _check_artifact_output(args.output)
     _check_tuning_database(args.tuning)
     _require_calibration(pipeline, args.calib)

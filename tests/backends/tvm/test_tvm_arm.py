@@ -26,7 +26,7 @@ from mcc.runtime import load
 from mcc.zoo import fashion_mnist, reference_cnn
 from tests.backends.tvm import int8_reference as ref
 from tests.backends.tvm import qemu
-from tests.backends.tvm.test_tvm_compile import SIZE, run_pipeline, torchvision_model
+from tests.backends.tvm.test_tvm_compile import SIZE, rel_err, run_pipeline, torchvision_model
 
 DOTPROD, NEON = "arm:cortex-a76", "arm:cortex-a72"  # a Raspberry Pi 5 and a Raspberry Pi 4
 NO_QEMU = qemu.unavailable()
@@ -262,3 +262,47 @@ def test_arm_artifact_under_qemu_matches_x86(arm_artifact, runner, tmp_path):
     (got,) = qemu.run_artifact(runner, path, [x], tmp_path)
     print(f"{model} {name}: max |arm - x86| {np.abs(got - expected).max():.3g}")
     np.testing.assert_array_equal(got, expected)
+
+
+@needs_qemu
+def test_float_reference_cnn_under_qemu_matches_pytorch(runner, tmp_path):
+    """The float kernels on NEON (fmla, the same 6-pixel tiles) compute what PyTorch does."""
+    model = reference_cnn()
+    images = fashion_mnist("test").tensors[0][:16]
+    artifact = mcc_tvm.compile(run_pipeline(model, images, "fold-bn"), DOTPROD)
+    path = artifact.save(tmp_path / "fashion.fp32")
+    (got,) = qemu.run_artifact(runner, path, [images.numpy()], tmp_path)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    print(f"float reference CNN on aarch64: rel. err. {rel_err(got, expected):.2e}")
+    assert rel_err(got, expected) < 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+@needs_cc
+def test_cli_compiles_for_arm_and_reports_bad_targets(tmp_path, monkeypatch, capsys):
+    """mcc compile --target arm:CPU writes the aarch64 artifact and says it was not run here; an
+    unknown CPU and a missing cross compiler are one-line errors (status 2) before any work."""
+    from mcc.cli import main
+
+    (tmp_path / "armmodels.py").write_text(
+        "import torch\nfrom torch import nn\n\ndef small():\n    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),\n"
+        "                      nn.Linear(16 * 8 * 8, 10))\n"
+        "    return m.eval(), torch.randn(1, 3, 8, 8)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype("float32"))
+    args = ["compile", "armmodels:small", "-p", "quantize", "--calib", "calib.npy", "-o", "small.a55"]
+    assert main(args + ["--target", "arm:cortex-a55"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled for arm:cortex-a55 (dotprod): 2 integer units" in out
+    assert "not run: aarch64 code for arm:cortex-a55" in out
+    assert _count(_disassembly(tmp_path / "small.a55" / "lib.so"), "sdot") > 0
+    assert main(args[:-1] + ["x9", "--target", "arm:cortex-x9"]) == 2
+    assert "cortex-a53, cortex-a72, cortex-a55" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(args[:-1] + ["nocc", "--target", "arm"]) == 2
+    err = capsys.readouterr().err
+    assert "gcc-aarch64-linux-gnu" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x9").exists() and not (tmp_path / "nocc").exists()
