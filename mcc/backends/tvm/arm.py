@@ -24,17 +24,21 @@ from mcc.errors import TargetError
 CROSS_CC = "aarch64-linux-gnu-gcc"
 CROSS_PACKAGE = "gcc-aarch64-linux-gnu"
 
-#: ``arm:NAME`` -> (LLVM CPU, has dotprod, typical core count). The core count only steers how
-#: finely a tuning search splits parallel loops; the runtime uses the board's own cores.
-ARM_CPUS: dict[str, tuple[str, bool, int]] = {
-    "generic": ("generic", False, 4),        # any ARMv8-A: what bare ``arm`` means
-    "cortex-a53": ("cortex-a53", False, 4),  # Raspberry Pi 3
-    "cortex-a72": ("cortex-a72", False, 4),  # Raspberry Pi 4
-    "cortex-a55": ("cortex-a55", True, 4),   # phones' little cores
-    "cortex-a76": ("cortex-a76", True, 4),   # phones' big cores, Raspberry Pi 5
-    "neoverse-n1": ("neoverse-n1", True, 64),  # AWS Graviton2, Ampere Altra
-    "neoverse-v1": ("neoverse-v1", True, 64),  # AWS Graviton3
-    "m1": ("apple-m1", True, 8),             # Apple M1 under aarch64 Linux (Asahi)
+_NEON, _DOTPROD = ("asimd",), ("asimd", "asimddp")
+
+#: ``arm:NAME`` -> (LLVM CPU, the ``/proc/cpuinfo`` Features its code needs, typical core
+#: count). ``asimddp`` (dotprod) makes the int8 kernels use ``sdot``; LLVM also vectorises some
+#: loops with SVE for Neoverse V1. The core count only steers how finely a tuning search splits
+#: parallel loops; the runtime uses the board's own cores.
+ARM_CPUS: dict[str, tuple[str, tuple[str, ...], int]] = {
+    "generic": ("generic", _NEON, 4),            # any ARMv8-A: what bare ``arm`` means
+    "cortex-a53": ("cortex-a53", _NEON, 4),      # Raspberry Pi 3
+    "cortex-a72": ("cortex-a72", _NEON, 4),      # Raspberry Pi 4
+    "cortex-a55": ("cortex-a55", _DOTPROD, 4),   # phones' little cores
+    "cortex-a76": ("cortex-a76", _DOTPROD, 4),   # phones' big cores, Raspberry Pi 5
+    "neoverse-n1": ("neoverse-n1", _DOTPROD, 64),  # AWS Graviton2, Ampere Altra
+    "neoverse-v1": ("neoverse-v1", _DOTPROD + ("sve",), 64),  # AWS Graviton3
+    "m1": ("apple-m1", _DOTPROD, 8),             # Apple M1 under aarch64 Linux (Asahi)
 }
 
 #: The names ``resolve`` accepts for ARM: ``arm`` and ``arm:CPU`` for every CPU above.
@@ -48,8 +52,8 @@ def is_arm_name(name) -> bool:
 @dataclass(frozen=True)
 class ArmTarget:
     """One aarch64 CPU to compile for. ``features`` are the ``/proc/cpuinfo`` Features its code
-    needs (``asimd`` = NEON, ``asimddp`` = dotprod); ``dotprod`` says the int8 kernels use
-    ``sdot``."""
+    needs (``asimd`` = NEON, ``asimddp`` = dotprod, ``sve``); ``dotprod`` says the int8 kernels
+    use ``sdot``."""
 
     name: str
     mcpu: str
@@ -101,9 +105,9 @@ def resolve_arm(name: str) -> ArmTarget:
         known = ", ".join(c for c in ARM_CPUS if c != "generic")
         raise TargetError(f"unknown ARM CPU {cpu!r} in target {name!r}: the arm target knows "
                           f"{known} (arm:CPU), or plain 'arm' for any ARMv8-A core (NEON only)")
-    mcpu, dotprod, cores = ARM_CPUS[cpu]
-    features = ("asimd", "asimddp") if dotprod else ("asimd",)
-    return ArmTarget("arm" if cpu == "generic" else f"arm:{cpu}", mcpu, features, dotprod, cores)
+    mcpu, features, cores = ARM_CPUS[cpu]
+    return ArmTarget("arm" if cpu == "generic" else f"arm:{cpu}", mcpu, features,
+                     "asimddp" in features, cores)
 
 
 def cross_compiler() -> str:
