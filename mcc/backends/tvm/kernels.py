@@ -49,6 +49,8 @@ from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from mcc.backends.tvm import intrinsics
+from mcc.backends.tvm.target import host_arch
+from mcc.errors import TargetError
 
 BLOCK = 16  # output channels per block: one zmm of int32/float32, one vpdpbusd
 
@@ -944,9 +946,14 @@ def output_shape(w) -> tuple[tuple[int, ...], str]:
 
 
 class Compiled:
-    """One kernel compiled on its own, called with numpy arrays (tests and benchmarks)."""
+    """One kernel compiled on its own, called with numpy arrays (tests and benchmarks). Only for
+    a target of this machine's architecture: TVM would load an ARM kernel here without
+    complaint and crash when it is called."""
 
     def __init__(self, w, target):
+        if target.arch != host_arch():
+            raise TargetError(f"a kernel for {target.name} ({target.arch}) cannot run on this "
+                              f"{host_arch()} machine; time it on the device itself")
         self.workload = w
         self.module = tvm.compile(tvm.IRModule({"main": kernel(w)}), target.tvm()).jit()
 

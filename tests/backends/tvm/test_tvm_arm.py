@@ -141,6 +141,13 @@ def _conv_case(target, rng, *, ic, oc, hw, k, stride, pad, zp, extreme=False):
     return work, arrays, expected
 
 
+def test_arm_kernels_are_not_run_on_x86():
+    target = mcc_tvm.resolve(DOTPROD)
+    work = K.Dense(1, 16, 16, dtype="int8", epilogue=K.Epilogue("int32"), **K.target_fields(target))
+    with pytest.raises(TargetError, match="cannot run on this x86_64 machine"):
+        K.Compiled(work, target)
+
+
 @needs_cc
 def test_int8_kernels_use_sdot_only_with_dotprod(tmp_path):
     """dotprod: the conv's register tile (6 pixels × 16 channels) is 6 × 4 sdot per 4 input
