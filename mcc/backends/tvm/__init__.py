@@ -11,10 +11,10 @@
     artifact.save("resnet18.int8")
     (logits,) = mcc.runtime.load("resnet18.int8")(x.numpy())
 
-Targets are in :mod:`~mcc.backends.tvm.target` (ARM: :mod:`~mcc.backends.tvm.arm`), kernels in :mod:`~mcc.backends.tvm.kernels`,
-the graph walk in :mod:`~mcc.backends.tvm.lower`, tuning databases in
-:mod:`~mcc.backends.tvm.tuning`, the artifact format in :mod:`mcc.runtime`. docs/backend.md
-explains all of it, docs/targets.md the targets.
+Targets are in :mod:`~mcc.backends.tvm.target` (ARM: :mod:`~mcc.backends.tvm.arm`), kernels
+in :mod:`~mcc.backends.tvm.kernels`, the graph walk in :mod:`~mcc.backends.tvm.lower`, tuning
+databases in :mod:`~mcc.backends.tvm.tuning`, the artifact format in :mod:`mcc.runtime`.
+docs/backend.md explains all of it, docs/targets.md the targets.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ __all__ = ["compile", "Artifact", "resolve", "CpuTarget", "ArmTarget", "TARGETS"
            "VALID"]
 
 
-def compile(graph: Graph, target: str | CpuTarget | ArmTarget = "x86", *, tuning: str | os.PathLike | None = None,
-            requantize: str = "scale", allow_float: bool = False, pipeline: str | None = None,
+def compile(graph: Graph, target: str | CpuTarget | ArmTarget = "x86", *,
+            tuning: str | os.PathLike | None = None, requantize: str = "scale",
+            allow_float: bool = False, pipeline: str | None = None,
             name: str | None = None) -> Artifact:
     """Compile ``graph`` for ``target`` and return the runnable :class:`Artifact`.
 

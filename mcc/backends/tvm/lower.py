@@ -887,8 +887,9 @@ def _offset_bias(consts: list[np.ndarray], weight: np.ndarray, offset: int) -> l
     sum_w = weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1)
     bias = consts[0].astype(np.int64) + offset * sum_w
     if np.any(np.abs(bias) >= 2 ** 31):
-        raise BackendError("an int32 bias overflows once the signed-dot-product offset "
-                           f"({offset}·Σw) is added; recalibrate, or compile without dotprod")
+        raise BackendError(f"an int32 bias overflows once the signed-dot-product offset "
+                           f"({offset}·Σw) is added; recalibrate, or compile for a CPU without "
+                           "dotprod (--target arm)")
     return [bias.astype(np.int32), *consts[1:]]
 
 

@@ -97,6 +97,30 @@ def test_aarch64_artifacts_are_checked_against_the_machine(monkeypatch):
     target_module.check_runnable(neon.features, neon.name, a72, arch="aarch64")
 
 
+def test_sdot_bias_offset_and_its_overflow():
+    """The lowering adds 128·Σw per output channel to the int32 bias of an sdot kernel, and
+    refuses a bias that no longer fits int32."""
+    from mcc.backends.tvm.lower import _offset_bias
+    from mcc.errors import BackendError
+
+    weight = np.array([[1, -2, 3, 4], [-128, -128, 0, 0]], np.int8).reshape(2, 4, 1, 1)
+    bias, scale = np.array([10, -20], np.int32), np.array([0.5, 0.25], np.float32)
+    shifted, same_scale = _offset_bias([bias, scale], weight, 128)
+    np.testing.assert_array_equal(shifted, [10 + 128 * 6, -20 - 128 * 256])
+    assert shifted.dtype == np.int32 and same_scale is scale
+    assert _offset_bias([bias], weight, 0)[0] is bias
+    with pytest.raises(BackendError, match="overflows"):
+        _offset_bias([np.array([2 ** 31 - 100, 0], np.int32)], weight, 128)
+
+
+def test_tuning_an_arm_target_here_is_refused(tmp_path):
+    from mcc.backends.tvm import tuning
+
+    with pytest.raises(TargetError, match="cannot run aarch64 code"):
+        tuning.tune([], mcc_tvm.resolve(DOTPROD), tmp_path / "arm.db")
+    assert not (tmp_path / "arm.db").exists()
+
+
 # ---- kernels ----------------------------------------------------------------------------------
 def _kernel_library(work, target, path):
     """One kernel as a Relax ``main(inputs...) -> output``, built and linked for ``target``."""
