@@ -174,7 +174,7 @@ def test_unfolded_batchnorm_is_reported():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("quantize{weights=int3}", "'int3' is not one of int8, int4, int2, binary"),
+    ("quantize{weights=int3}", "'int3' is not one of int8, int7, int4, int2, binary"),
     ("quantize{activations=fp8}", "option 'activations'.*'fp8'"),
     ("quantize{scheme=log2,weights=binary}", "log2 needs a bit width"),
     ("quantize{weights=binary,rounding=adaround}", "adaround learns rounding on a linear grid"),
