@@ -278,7 +278,8 @@ def target_fields(target) -> dict:
     """The fields that fit a workload to a target (``target.kernel_fields()``):
     ``Conv2d(..., **target_fields(target))`` sizes the register tile for the vector width and
     picks the int8 instructions: ``vpdpbusd`` with VNNI, else ``vpmaddwd`` (``isa`` avx512 or
-    avx2); on aarch64 ``sdot`` (``isa`` dotprod), else NEON multiply-adds (``isa`` neon)."""
+    avx2); on aarch64 ``sdot`` (``isa`` dotprod), else NEON multiply-adds (``isa`` neon); on
+    CUDA ``dp4a`` (``isa`` cuda)."""
     return target.kernel_fields()
 
 
@@ -287,12 +288,12 @@ _NARROW = ("avx2", "neon", "dotprod")
 
 
 def _reduce_group(w) -> int:
-    """Input values one instruction sums per output lane: 4 (``vpdpbusd``, ``sdot``;
-    ``vpmaddubsw`` + ``vpmaddwd`` for ``narrow`` weights), 2 (``vpmaddwd`` with ``isa``
-    avx512/avx2) or 1 (int32 multiply-adds that LLVM vectorises; float)."""
+    """Input values one instruction sums per output lane: 4 (``vpdpbusd``, ``sdot``, CUDA's
+    ``dp4a``; ``vpmaddubsw`` + ``vpmaddwd`` for ``narrow`` weights), 2 (``vpmaddwd`` with
+    ``isa`` avx512/avx2) or 1 (int32 multiply-adds that LLVM vectorises; float)."""
     if w.dtype != "int8":
         return 1
-    if w.vnni or w.isa == "dotprod":
+    if w.vnni or w.isa in ("dotprod", "cuda"):
         return 4
     if w.isa in ("avx512", "avx2"):
         return 4 if w.narrow else 2

@@ -39,6 +39,7 @@ class CpuTarget:
     num_cores: int
 
     arch = "x86_64"
+    kind = "llvm"  # TVM's target kind, what artifacts record
 
     @property
     def lanes32(self) -> int:
@@ -131,15 +132,22 @@ def host_name(cpuinfo: str | None = None) -> str:
                       f"target to cross-compile: one of {', '.join(TARGETS)}")
 
 
-def resolve(target: "str | CpuTarget | ArmTarget", cpuinfo: str | None = None):
-    """The target for a name: ``x86`` (this CPU), one of :data:`TARGETS`, ``arm`` or ``arm:CPU``."""
+def resolve(target: "str | dict | CpuTarget | ArmTarget | CudaTarget",
+            cpuinfo: str | None = None):
+    """The target for a name: ``x86`` (this CPU), one of :data:`TARGETS`, ``arm`` or ``arm:CPU``;
+    ``cuda``, ``cuda:sm_XX`` or a CUDA dict (:mod:`mcc.backends.tvm.cuda`)."""
     if isinstance(target, (CpuTarget, ArmTarget)):
         return target
+    from mcc.backends.tvm import cuda
+
+    if cuda.is_cuda(target):
+        return cuda.resolve(target)
     if is_arm_name(target):
         return resolve_arm(target)
     if not isinstance(target, str) or target.strip().lower() not in VALID:
         raise TargetError(f"unknown target {target!r}: valid targets are {', '.join(VALID)} "
-                          "(x86 = this machine's CPU)")
+                          "(x86 = this machine's CPU) and cuda:sm_XX (an NVIDIA GPU, e.g. "
+                          "cuda:sm_80)")
     name = target.strip().lower()
     cores = os.cpu_count() or 1
     if name == "x86":
