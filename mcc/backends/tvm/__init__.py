@@ -1,4 +1,5 @@
-"""The TVM backend: compile an :class:`mcc.Graph` into x86 or aarch64 code, float or integer.
+"""The TVM backend: compile an :class:`mcc.Graph` into x86, aarch64 or CUDA code, float or
+integer.
 
 ::
 
@@ -23,15 +24,16 @@ import os
 
 from mcc.backends.tvm.arm import ARM_CPUS, ArmTarget
 from mcc.backends.tvm.artifact import Artifact, metadata
+from mcc.backends.tvm.cuda import CudaTarget
 from mcc.backends.tvm.target import TARGETS, VALID, CpuTarget, resolve
 from mcc.errors import BackendError
 from mcc.graph import Graph
 
-__all__ = ["compile", "Artifact", "resolve", "CpuTarget", "ArmTarget", "TARGETS", "ARM_CPUS",
-           "VALID"]
+__all__ = ["compile", "Artifact", "resolve", "CpuTarget", "ArmTarget", "CudaTarget", "TARGETS",
+           "ARM_CPUS", "VALID"]
 
 
-def compile(graph: Graph, target: str | CpuTarget | ArmTarget = "x86", *,
+def compile(graph: Graph, target: str | dict | CpuTarget | ArmTarget | CudaTarget = "x86", *,
             tuning: str | os.PathLike | None = None, requantize: str = "scale",
             allow_float: bool = False, pipeline: str | None = None,
             name: str | None = None) -> Artifact:
@@ -46,6 +48,8 @@ def compile(graph: Graph, target: str | CpuTarget | ArmTarget = "x86", *,
     no integer kernel (log2 or asymmetric weights, Conv1d) run in float instead of failing; the
     artifact's ``metadata["float_ops"]`` lists them. ``pipeline`` is recorded in the metadata.
     An ARM target's artifact is cross-compiled: it saves, but runs only on an aarch64 machine.
+    A CUDA target (``cuda:sm_80``, see :mod:`~mcc.backends.tvm.cuda`) takes no tuning database
+    and builds without a GPU; the artifact runs only where its GPU is.
     """
     from mcc.backends.tvm import build, lower, tuning as tuning_db
     from mcc.quant import structure as st
@@ -53,14 +57,23 @@ def compile(graph: Graph, target: str | CpuTarget | ArmTarget = "x86", *,
     if not isinstance(graph, Graph):
         raise BackendError(f"compile takes an mcc.Graph (from mcc.trace or mcc.compress), got "
                            f"{type(graph).__name__}")
-    cpu = resolve(target)
-    export_options = cpu.export_options()  # a missing cross compiler fails before any work
-    scheduler = tuning_db.Scheduler(cpu, tuning)
-    lowered = lower.lower(graph, cpu, schedule=scheduler.schedule, requantize=requantize,
+    resolved = resolve(target)
+    export_options = resolved.export_options()  # a missing cross compiler fails before any work
+    if resolved.kind == "cuda":
+        from mcc.backends.tvm import cuda, cuda_schedules
+
+        if tuning is not None:
+            raise BackendError("tuning databases hold CPU schedules; CUDA kernels use mcc's GPU "
+                               "schedules: compile for CUDA without a tuning database")
+        schedule, summary, builder = cuda_schedules.kernel, None, cuda.build
+    else:
+        scheduler = tuning_db.Scheduler(resolved, tuning)
+        schedule, summary, builder = scheduler.schedule, scheduler.summary, build.build
+    lowered = lower.lower(graph, resolved, schedule=schedule, requantize=requantize,
                           allow_float=allow_float)
-    executable = build.build(lowered.module, cpu)
+    executable = builder(lowered.module, resolved)
     quantization = st.quant_params(graph) if st.is_quantized(graph) else None
-    meta = metadata(lowered, cpu, quantization=quantization, pipeline=pipeline,
-                    tuning=scheduler.summary(), name=name)
+    meta = metadata(lowered, resolved, quantization=quantization, pipeline=pipeline,
+                    tuning=summary() if summary else None, name=name)
     meta["requantize"] = requantize if quantization else None
     return Artifact(executable, lowered.constants, meta, export_options)

@@ -62,6 +62,7 @@ class ArmTarget:
     num_cores: int
 
     arch = "aarch64"
+    kind = "llvm"  # TVM's target kind, what artifacts record
     mtriple = "aarch64-linux-gnu"
     vector_bits = 128
     lanes32 = 4

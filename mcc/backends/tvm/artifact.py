@@ -113,7 +113,7 @@ def metadata(lowered, target, *, quantization: dict | None, pipeline: str | None
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": name,
-        "target": {"kind": "llvm", **target.to_json()},
+        "target": {"kind": target.kind, **target.to_json()},
         "inputs": lowered.inputs,
         "outputs": lowered.outputs,
         "entry": "main",

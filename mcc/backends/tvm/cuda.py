@@ -59,6 +59,10 @@ class CudaTarget:
     def key(self) -> str:
         return self.name
 
+    def export_options(self) -> dict:
+        """``export_library`` options: none, the host code is linked for this machine."""
+        return {}
+
     def kernel_fields(self) -> dict:
         """Workload fields for mcc's kernels: int8 weights packed in groups of 4 input bytes,
         what one ``dp4a`` multiplies (the same packing as VNNI's)."""
