@@ -14,7 +14,8 @@ the inputs only::
     (logits,) = model(x)                      # x: float32 numpy array [1, 3, 224, 224]
 
 Loading refuses, with a message saying what to do, an artifact whose target uses instructions
-this CPU lacks, one built by another TVM release, and a directory that is not an artifact.
+this CPU lacks, a CUDA artifact on a machine without its GPU, one built by another TVM release,
+and a directory that is not an artifact.
 Nothing here compiles: loading needs the TVM runtime and numpy only.
 """
 
@@ -58,13 +59,19 @@ def check_loadable(meta: dict) -> None:
 
     target = meta.get("target", {})
     kind = target.get("kind", "llvm")
-    if kind != "llvm":
+    if kind not in ("llvm", "cuda"):
         raise BackendError(f"this artifact was compiled for a {kind} device; this runtime runs "
-                           "CPU artifacts: compile again with --target x86 or arm")
+                           "CPU and CUDA artifacts: compile again with --target x86, arm or "
+                           "cuda:sm_XX")
     from mcc.backends.tvm.target import check_runnable
 
+    # a CUDA artifact's host code (the VM that launches its kernels) is CPU code too
     check_runnable(target.get("features", []), target.get("name", "?"),
                    arch=target.get("arch", "x86_64"))
+    if kind == "cuda":
+        from mcc.backends.tvm.cuda import check_device
+
+        check_device(target)
     built = str(meta.get("versions", {}).get("tvm", ""))
     if _release(built) != _release(tvm.__version__):
         raise BackendError(f"this artifact was built with TVM {built or 'unknown'} and this runtime "
@@ -77,16 +84,37 @@ def _release(version: str) -> tuple[str, ...]:
 
 
 class Runtime:
-    """A loaded program: call it with the inputs (numpy arrays) to get the outputs (a tuple)."""
+    """A loaded program: call it with the inputs (numpy arrays) to get the outputs (a tuple).
+
+    The device is set up on the first call, not here: a CUDA artifact compiled on a machine
+    without a GPU is still an object that saves, and calling it raises a :class:`BackendError`
+    saying why it cannot run here."""
 
     def __init__(self, executable, constants: list, metadata: dict):
+        self.metadata = metadata
+        self._executable = executable
+        self._host_constants = constants
+        self._vm = None
+
+    def _session(self) -> None:
+        """The VM on its device (the CPU, or the GPU of a CUDA artifact), with the constants
+        copied there."""
+        if self._vm is not None:
+            return
         import tvm
         from tvm import relax
 
-        self.metadata = metadata
-        self.device = tvm.cpu()
-        self._vm = relax.VirtualMachine(executable, self.device)
-        self._constants = constants
+        target = self.metadata.get("target", {})
+        if target.get("kind") == "cuda":
+            from mcc.backends.tvm import cuda
+
+            cuda.check_device(target)
+            self.device = cuda.device()
+            self._constants = [tvm.runtime.tensor(c.numpy(), self.device) for c in self._host_constants]
+        else:
+            self.device = tvm.cpu()
+            self._constants = self._host_constants
+        self._vm = relax.VirtualMachine(self._executable, self.device)
         self._main = self._vm["main"]
 
     @property
@@ -100,6 +128,7 @@ class Runtime:
     def _tensors(self, arrays) -> list:
         import tvm
 
+        self._session()
         if len(arrays) != len(self.inputs):
             raise BackendError(f"the model takes {len(self.inputs)} input(s) "
                                f"({', '.join(i['name'] for i in self.inputs)}), got {len(arrays)}")
@@ -118,7 +147,8 @@ class Runtime:
         return out
 
     def __call__(self, *arrays) -> tuple[np.ndarray, ...]:
-        result = self._main(*self._tensors(arrays), *self._constants)
+        inputs = self._tensors(arrays)  # sets up the device on the first call
+        result = self._main(*inputs, *self._constants)
         if hasattr(result, "numpy"):
             return (result.numpy(),)
         return tuple(r.numpy() for r in result)
@@ -138,7 +168,7 @@ class Runtime:
 
 
 def load(path: str | os.PathLike) -> Runtime:
-    """Load the artifact directory at ``path`` for this CPU (see the module docstring)."""
+    """Load the artifact directory at ``path`` for this machine (see the module docstring)."""
     import tvm
 
     path = Path(path)
