@@ -181,7 +181,8 @@ def _target_arg(p: argparse.ArgumentParser) -> None:
                         "cascadelake, skylake-avx512 or haswell (default x86); arm (any aarch64 "
                         "Linux CPU) or arm:CPU with CPU one of cortex-a53, cortex-a72, cortex-a55, "
                         "cortex-a76, neoverse-n1, neoverse-v1, m1 (cross-compiled; needs "
-                        "gcc-aarch64-linux-gnu)")
+                        "gcc-aarch64-linux-gnu); or an NVIDIA GPU architecture, cuda:sm_XX "
+                        "(mcc tune does not take it)")
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -341,6 +342,9 @@ def cmd_tune(args) -> int:
 
     pipeline = as_pipeline(args.pipeline)
     target = mcc_tvm.resolve(args.target)
+    if target.kind == "cuda":
+        raise MccError("mcc tune tunes x86 CPU kernels; CUDA kernels use mcc's GPU schedules: "
+                       "compile for CUDA without tuning")
     if args.trials < 1:
         raise MccError(f"--trials must be at least 1, got {args.trials}")
     check_output_path(args.output)

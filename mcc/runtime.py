@@ -117,6 +117,15 @@ class Runtime:
         self._vm = relax.VirtualMachine(self._executable, self.device)
         self._main = self._vm["main"]
 
+    def unavailable(self) -> str | None:
+        """Why this program cannot run on this machine (a CUDA artifact without its GPU), or
+        None when it can."""
+        try:
+            self._session()
+        except BackendError as e:
+            return str(e)
+        return None
+
     @property
     def inputs(self) -> list[dict]:
         return self.metadata["inputs"]

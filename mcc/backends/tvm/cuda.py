@@ -69,11 +69,12 @@ class CudaTarget:
         return {"vnni": False, "isa": "cuda"}
 
     def to_json(self) -> dict:
-        return {"name": self.name, "arch": self.arch}
+        """What artifacts record: ``cuda_arch``, as ``arch`` there names a CPU architecture."""
+        return {"name": self.name, "cuda_arch": self.arch}
 
     @classmethod
     def from_json(cls, data: dict) -> "CudaTarget":
-        return cls(data["arch"])
+        return cls(data["cuda_arch"])
 
 
 def is_cuda(target) -> bool:
@@ -191,7 +192,11 @@ def visible_gpu() -> str | None:
 def check_device(meta_target: dict) -> None:
     """Refuse to run code built for ``meta_target`` (an artifact's ``metadata["target"]``)
     where there is no GPU, or one whose architecture the code was not built for."""
-    target = CudaTarget.from_json(meta_target)
+    arch = meta_target.get("cuda_arch")
+    if not isinstance(arch, str) or not re.fullmatch(r"sm_\d{2,3}", arch):
+        raise BackendError(f"this artifact's metadata names a CUDA target without a valid arch "
+                           f"({arch!r}); compile the model again")
+    target = CudaTarget(arch)
     gpu = visible_gpu()
     if gpu is None:
         raise BackendError(f"this artifact was compiled for an NVIDIA GPU ({target.name}) and TVM "

@@ -56,13 +56,18 @@ class ArtifactModel:
 def compiled_stats(artifact, graph, evaluator, *, latency: bool) -> dict:
     """The deployed model's own figures: the artifact's median latency on the graph's example
     inputs, and the evaluator's metric computed on the artifact's outputs (not the graph's).
-    A cross-compiled artifact cannot run here: both stay None and ``not_run`` says why."""
+    A cross-compiled artifact, or a CUDA one without its GPU, cannot run here: both stay None
+    and ``not_run`` says why."""
     stats = {"latency_ms": None, "metric": None,
              "metric_name": getattr(evaluator, "metric_name", None) if evaluator else None}
     if not artifact.runs_here:
         target = artifact.metadata["target"]
         stats["not_run"] = (f"not run: {target['arch']} code for {target['name']}; copy the "
                             "artifact to the board and time it there with mcc run")
+        return stats
+    unavailable = artifact.unavailable()
+    if unavailable is not None:  # a CUDA artifact compiled where its GPU is not
+        stats["not_run"] = f"not run here: {unavailable}"
         return stats
     if latency:
         inputs = [t.detach().cpu().numpy() for t in graph.example_inputs]

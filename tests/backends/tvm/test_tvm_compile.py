@@ -362,8 +362,10 @@ def test_loading_what_is_not_a_loadable_artifact_raises_backend_error(fashion_in
             "newer than this mcc reads",
         _broken(tmp_path, good, "oldtvm", meta_edit(lambda m: m["versions"].update(tvm="0.11.0"))):
             "built with TVM 0.11.0",
+        _broken(tmp_path, good, "opencl", meta_edit(lambda m: m["target"].update(kind="opencl"))):
+            "compiled for a opencl device",
         _broken(tmp_path, good, "gpu", meta_edit(lambda m: m["target"].update(kind="cuda"))):
-            "compiled for a cuda device",
+            "CUDA target without a valid arch",
         _broken(tmp_path, good, "nolib", lambda d: (d / "lib.so").unlink()): "cannot load",
         _broken(tmp_path, good, "truncated", lambda d: (d / "lib.so").write_bytes(b"\x7fELF")):
             "cannot load",

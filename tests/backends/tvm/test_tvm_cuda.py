@@ -13,6 +13,7 @@ Building needs TVM's CUDA compiler (NVRTC from the ``cuda-bindings`` and ``nvidi
 packages, or nvcc); where neither is usable the build tests are skipped with the reason.
 """
 
+import json
 import re
 
 import numpy as np
@@ -111,7 +112,7 @@ def check_gpu_code(artifact, arch: str, *, int8: bool) -> dict[str, str]:
     kernel running on many threads, mcc's conv/dense kernels staging operands in shared memory
     and (int8) reducing with ``dp4a.u32.s32``, the other kernels without it."""
     meta = artifact.metadata
-    assert meta["target"] == {"kind": "cuda", "name": f"cuda:{arch}", "arch": arch}
+    assert meta["target"] == {"kind": "cuda", "name": f"cuda:{arch}", "cuda_arch": arch}
     assert meta["float_ops"] == []
     source = cuda.cuda_source(artifact.executable)
     found = kernels(source)
@@ -217,3 +218,28 @@ def test_cuda_takes_no_tuning_database(fashion, tmp_path):
     db.write_text("")
     with pytest.raises(BackendError, match="tuning database"):
         mcc_tvm.compile(graph, "cuda:sm_80", tuning=db)
+
+
+@needs_compiler
+@pytest.mark.skipif(not no_gpu, reason="with a GPU here, mcc compile also runs the artifact")
+def test_cli_compile_for_cuda_saves_the_artifact_and_says_why_it_did_not_run(tmp_path, monkeypatch,
+                                                                            capsys):
+    from mcc.cli import main
+
+    (tmp_path / "tinycnn.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def tiny():\n"
+        "    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),\n"
+        "                      nn.Linear(16 * 8 * 8, 10))\n"
+        "    return m.eval(), torch.randn(1, 3, 8, 8)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    code = main(["compile", "tinycnn:tiny", "-p", "fold-bn", "--target", "cuda:sm_86", "-o", "tiny.cuda"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "compiled for cuda:sm_86" in out and "not run here: " in out and "no GPU" in out
+    assert json.loads((tmp_path / "tiny.cuda" / "metadata.json").read_text())["target"]["cuda_arch"] == "sm_86"
+    assert main(["tune", "tinycnn:tiny", "-p", "fold-bn", "--target", "cuda:sm_86", "-o", "t.db"]) == 2
+    assert "CUDA kernels use mcc's GPU schedules" in capsys.readouterr().err
+    assert not (tmp_path / "t.db").exists()
