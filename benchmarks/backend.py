@@ -32,6 +32,11 @@ of one run mean anything; absolute milliseconds depend on what else the machine 
 Targets (the backend issue): mcc int8 at least 2× faster than ORT float32 on ResNet-18;
 MobileNetV2 int8 faster than ORT float32; mcc float32 within 1.2× of ORT float32.
 
+With an NVIDIA GPU that both PyTorch and TVM see, three more engines run on it: ``torch_cuda``
+(PyTorch eager, float32) and ``mcc_cuda_fp32`` / ``mcc_cuda_int8`` (the same two graphs
+compiled for ``cuda``, this GPU's architecture); every GPU engine is timed from numpy input to
+numpy output, copies included. Without one the run says why and leaves them out.
+
 Also printed: the time ``compile`` takes per model, and how often the int8 artifact's top-1
 class equals the fake-quant graph's on ``--agree`` fresh random images (the JSON adds the largest
 logit difference relative to the largest logit, and the same agreements for ONNX Runtime's int8
@@ -44,6 +49,7 @@ benchmarks/results/backend.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -58,8 +64,12 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "backend.json"
 MODELS = ("resnet18", "resnet50", "mobilenet_v2")
 ENGINES = ("torch", "ort_fp32", "ort_int8", "mcc_fp32", "mcc_int8", "mcc_int8w7")
+#: On a machine with an NVIDIA GPU (seen by both PyTorch and TVM), also these.
+CUDA_ENGINES = ("torch_cuda", "mcc_cuda_fp32", "mcc_cuda_int8")
 LABELS = {"torch": "PyTorch", "ort_fp32": "ORT fp32", "ort_int8": "ORT int8",
-          "mcc_fp32": "mcc fp32", "mcc_int8": "mcc int8", "mcc_int8w7": "mcc int8/w7"}
+          "mcc_fp32": "mcc fp32", "mcc_int8": "mcc int8", "mcc_int8w7": "mcc int8/w7",
+          "torch_cuda": "PyTorch GPU", "mcc_cuda_fp32": "mcc GPU fp32",
+          "mcc_cuda_int8": "mcc GPU int8"}
 PAUSE_S = 0.005
 
 
@@ -211,6 +221,22 @@ def prepare(name: str, args, workdir: Path) -> dict:
         with torch.inference_mode():
             return model(torch.from_numpy(a)).numpy()
 
+    gpu = {}
+    if args.cuda:
+        log(f"{name}: compile cuda (this GPU), float32 and int8")
+        for engine, g in (("mcc_cuda_fp32", fp32_graph), ("mcc_cuda_int8", int8_graph)):
+            start = time.perf_counter()
+            artifact = mcc_tvm.compile(g, "cuda", name=name)
+            info[f"compile_{engine}_s"] = time.perf_counter() - start
+            gpu[engine] = lambda a, artifact=artifact: artifact(a)[0]
+        model_gpu = copy.deepcopy(model).cuda()
+
+        def torch_cuda_run(a):
+            with torch.inference_mode():
+                return model_gpu(torch.from_numpy(a).cuda()).cpu().numpy()  # .cpu() synchronises
+
+        gpu["torch_cuda"] = torch_cuda_run
+
     run = {
         "torch": torch_run,
         "ort_fp32": lambda a: sessions["ort_fp32"].run(None, {"x": a})[0],
@@ -218,6 +244,7 @@ def prepare(name: str, args, workdir: Path) -> dict:
         "mcc_fp32": lambda a: fp32_art(a)[0],
         "mcc_int8": lambda a: int8_art(a)[0],
         "mcc_int8w7": lambda a: w7_art(a)[0],
+        **gpu,
     }
 
     # correctness: every engine against its reference, on the benchmark input and fresh images
@@ -226,7 +253,11 @@ def prepare(name: str, args, workdir: Path) -> dict:
         ref = model(x).numpy()
     scale = float(np.abs(ref).max())
     info["fp32_max_rel_err"] = {e: float(np.abs(run[e](xn) - ref).max() / scale)
-                                for e in ("ort_fp32", "mcc_fp32")}
+                                for e in ("ort_fp32", "mcc_fp32", "torch_cuda", "mcc_cuda_fp32")
+                                if e in run}
+    if "mcc_cuda_int8" in run:
+        info["cuda_int8_max_rel_diff_vs_x86_int8"] = float(
+            np.abs(run["mcc_cuda_int8"](xn) - run["mcc_int8"](xn)).max() / scale)
     out_quant = meta["outputs"][0].get("quant")
     tie = 0.5 * out_quant["scale"] if out_quant else 0.0
 
@@ -277,6 +308,19 @@ def measure(run: dict, x, rounds: int, desc: str) -> dict:
             samples[engine].append((time.perf_counter() - start) * 1e3)
     return {e: {"median_ms": statistics.median(s), "min_ms": min(s), "max_ms": max(s),
                 "runs": len(s)} for e, s in samples.items()}
+
+
+def cuda_unavailable() -> str | None:
+    """Why the GPU engines cannot run here, or None when they can."""
+    import torch
+
+    from mcc.backends.tvm import cuda
+
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA GPU"
+    if cuda.visible_gpu() is None:
+        return "TVM sees no CUDA GPU"
+    return None
 
 
 # ---- profiles ---------------------------------------------------------------------------------
@@ -385,6 +429,11 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rows, profiles = [], {}
+    no_gpu = cuda_unavailable()
+    args.cuda = no_gpu is None
+    engines = ENGINES + (CUDA_ENGINES if args.cuda else ())
+    if no_gpu:
+        log(f"GPU engines ({', '.join(CUDA_ENGINES)}) left out: {no_gpu}")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -398,7 +447,7 @@ def main(argv=None) -> dict:
             info["fp32_time_ratio_vs_ort_fp32"] = lat["mcc_fp32"] / lat["ort_fp32"]
             info["int8_speedup_vs_mcc_fp32"] = lat["mcc_fp32"] / lat["mcc_int8"]
             info["int8w7_speedup_vs_ort_fp32"] = lat["ort_fp32"] / lat["mcc_int8w7"]
-            log(f"{name}: " + ", ".join(f"{LABELS[e]} {lat[e]:.1f} ms" for e in ENGINES))
+            log(f"{name}: " + ", ".join(f"{LABELS[e]} {lat[e]:.1f} ms" for e in engines))
             if args.profile:
                 profiles[name] = print_profile(name, prepared, args.threads, workdir)
             rows.append(info)
@@ -411,14 +460,14 @@ def main(argv=None) -> dict:
           f"mcc target {target['name']} (int8: "
           f"{'vpdpbusd' if target['vnni'] else 'vpmaddwd'}, {target['vector_bits']}-bit); "
           f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
-    header = (f"{'model':<13}" + "".join(f"{LABELS[e] + ' ms':>15}" for e in ENGINES)
+    header = (f"{'model':<13}" + "".join(f"{LABELS[e] + ' ms':>15}" for e in engines)
               + f"{'int8 vs ORT32':>15}{'w7 vs ORT32':>13}{'fp32/ORT32':>12}{'compile s':>13}"
               + f"{'top-1 fq':>10}")
     print(header)
     print("-" * len(header))
     for r in rows:
         lat = {e: v["median_ms"] for e, v in r["latency"].items()}
-        print(f"{r['model']:<13}" + "".join(f"{lat[e]:>15.1f}" for e in ENGINES)
+        print(f"{r['model']:<13}" + "".join(f"{lat[e]:>15.1f}" for e in engines)
               + f"{r['int8_speedup_vs_ort_fp32']:>14.2f}x{r['int8w7_speedup_vs_ort_fp32']:>12.2f}x"
               + f"{r['fp32_time_ratio_vs_ort_fp32']:>11.2f}x"
               + f"{r['compile_fp32_s']:>6.0f} /{r['compile_int8_s']:>4.0f}"
@@ -443,6 +492,7 @@ def main(argv=None) -> dict:
                                   for k, t in targets.items()))
 
     results = {"machine": mach, "threads": args.threads, "rounds": args.repeat,
+               "gpu": torch.cuda.get_device_name() if args.cuda else f"none: {no_gpu}",
                "calibration_images": args.calib, "load_average": [load_before[0], load_after[0]],
                "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                             "tvm": tvm.__version__},
