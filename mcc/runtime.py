@@ -110,7 +110,8 @@ class Runtime:
 
             cuda.check_device(target)
             self.device = cuda.device()
-            self._constants = [tvm.runtime.tensor(c.numpy(), self.device) for c in self._host_constants]
+            self._constants = [tvm.runtime.tensor(c.numpy(), self.device)
+                               for c in self._host_constants]
         else:
             self.device = tvm.cpu()
             self._constants = self._host_constants
@@ -118,8 +119,8 @@ class Runtime:
         self._main = self._vm["main"]
 
     def unavailable(self) -> str | None:
-        """Why this program cannot run on this machine (a CUDA artifact without its GPU), or
-        None when it can."""
+        """Why this program cannot run on this machine (a CUDA artifact without its GPU, a
+        cross-compiled one), or None when it can."""
         try:
             self._session()
         except BackendError as e:

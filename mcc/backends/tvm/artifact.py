@@ -32,8 +32,9 @@ class Artifact(Runtime):
     directory :func:`mcc.runtime.load` reads; ``artifact.metadata`` is ``metadata.json``.
     ``export_options`` go to TVM's ``export_library`` (an ARM target's cross compiler).
     A cross-compiled artifact (``runs_here`` false) only saves: calling it raises a
-    :class:`~mcc.errors.TargetError` (loading its code here would JIT another architecture's
-    instructions).
+    :class:`~mcc.errors.TargetError` before its code is loaded (that would JIT another
+    architecture's instructions); a CUDA artifact where TVM sees no GPU raises a
+    :class:`~mcc.errors.BackendError` (see :class:`mcc.runtime.Runtime`).
     """
 
     def __init__(self, executable, constants: list[np.ndarray], metadata: dict,
@@ -44,23 +45,12 @@ class Artifact(Runtime):
         self.constant_arrays = constants
         self.export_options = dict(export_options or {})
         self.runs_here = metadata["target"].get("arch", "x86_64") == host_arch()
-        if not self.runs_here:
-            self.metadata = metadata
-            return
-        tensors = [tvm.runtime.tensor(c) for c in constants]
-        super().__init__(executable, tensors, metadata)
+        super().__init__(executable, [tvm.runtime.tensor(c) for c in constants], metadata)
 
-    def _refuse_foreign(self) -> None:
+    def _session(self) -> None:
         if not self.runs_here:
             check_runnable([], self.metadata["target"]["name"], arch=self.metadata["target"]["arch"])
-
-    def __call__(self, *arrays) -> tuple[np.ndarray, ...]:
-        self._refuse_foreign()
-        return super().__call__(*arrays)
-
-    def latency(self, *arrays, **kwargs) -> dict:
-        self._refuse_foreign()
-        return super().latency(*arrays, **kwargs)
+        super()._session()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the artifact directory at ``path`` (replacing an earlier artifact there)."""

@@ -36,25 +36,33 @@ MIN_ARCH = 75
 
 @dataclass(frozen=True)
 class CudaTarget:
-    """One NVIDIA GPU architecture to compile for, ``arch`` as ``sm_XX``."""
+    """One NVIDIA GPU architecture to compile for, ``cuda_arch`` as ``sm_XX`` (what TVM's
+    CUDA target calls ``arch``; ``arch`` is, as on every target, the CPU architecture of the
+    library's host code: here the VM that launches the kernels, built for this machine)."""
 
-    arch: str
+    cuda_arch: str
     kind: ClassVar[str] = "cuda"
 
     @property
     def name(self) -> str:
-        return f"cuda:{self.arch}"
+        return f"cuda:{self.cuda_arch}"
+
+    @property
+    def arch(self) -> str:
+        from mcc.backends.tvm.target import host_arch
+
+        return host_arch()
 
     @property
     def compute_capability(self) -> tuple[int, int]:
-        digits = self.arch.split("_")[1]
+        digits = self.cuda_arch.split("_")[1]
         return int(digits[:-1]), int(digits[-1])
 
     def tvm(self):
         """The ``tvm.target.Target``: CUDA device code, x86 host code (the VM's glue)."""
         import tvm
 
-        return tvm.target.Target({"kind": "cuda", "arch": self.arch, "host": {"kind": "llvm"}})
+        return tvm.target.Target({"kind": "cuda", "arch": self.cuda_arch, "host": {"kind": "llvm"}})
 
     def key(self) -> str:
         return self.name
@@ -69,8 +77,7 @@ class CudaTarget:
         return {"vnni": False, "isa": "cuda"}
 
     def to_json(self) -> dict:
-        """What artifacts record: ``cuda_arch``, as ``arch`` there names a CPU architecture."""
-        return {"name": self.name, "cuda_arch": self.arch}
+        return {"name": self.name, "arch": self.arch, "cuda_arch": self.cuda_arch}
 
     @classmethod
     def from_json(cls, data: dict) -> "CudaTarget":
@@ -89,7 +96,7 @@ def is_cuda(target) -> bool:
 def resolve(target) -> CudaTarget:
     """The :class:`CudaTarget` for ``cuda``, ``cuda:sm_XX`` or ``{"kind": "cuda", "arch": ...}``."""
     if isinstance(target, CudaTarget):
-        arch = target.arch
+        arch = target.cuda_arch
     elif isinstance(target, dict):
         extra = sorted(set(target) - {"kind", "arch"})
         if extra:
@@ -162,8 +169,8 @@ def _nvrtc_archs() -> list[int]:
 
         err, archs = nvrtc.nvrtcGetSupportedArchs()
     except Exception as e:  # the bindings or libnvrtc itself missing
-        raise TargetError(f"TVM compiles CUDA with NVRTC here, which is not usable ({type(e).__name__}: "
-                          f"{e}); install it with pip install cuda-bindings nvidia-cuda-nvrtc "
+        raise TargetError(f"TVM compiles CUDA with NVRTC here, which is not usable "
+                          f"({type(e).__name__}: {e}); install it with pip install cuda-bindings nvidia-cuda-nvrtc "
                           "(PyTorch's CUDA wheels bring both), or set TVM_CUDA_COMPILE_MODE=nvcc "
                           "with the CUDA toolkit's nvcc on PATH") from None
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -204,9 +211,10 @@ def check_device(meta_target: dict) -> None:
                            "machine with one, or compile the model again with --target x86")
     major, minor = (int(v) for v in gpu.split(".")[:2])
     if (major, minor) < target.compute_capability:
-        raise BackendError(f"this artifact was compiled for {target.arch} and this GPU is only "
-                           f"sm_{major}{minor} (compute capability {gpu}); compile the model again "
-                           f"with --target cuda:sm_{major}{minor} (or --target cuda on this machine)")
+        raise BackendError(f"this artifact was compiled for {target.cuda_arch} and this GPU is "
+                           f"only sm_{major}{minor} (compute capability {gpu}); compile the model "
+                           f"again with --target cuda:sm_{major}{minor} (or --target cuda on this "
+                           "machine)")
 
 
 def device():
@@ -223,12 +231,12 @@ def build(module, target: CudaTarget):
     pipeline legalizes and fuses the remaining Relax ops (layout changes, pads, the odd float
     op) and gives them dlight's default GPU schedules. TVM 0.27 keeps the device code as CUDA C
     in the executable and compiles it when the library is loaded on a GPU machine, so the
-    source is compiled here once for ``target.arch`` (:func:`compile_source`): code that the
+    source is compiled here once for ``target.cuda_arch`` (:func:`compile_source`): code that the
     CUDA compiler rejects fails now, with a :class:`BackendError`, not on the GPU machine."""
     import tvm
 
     executable = tvm.compile(module, target.tvm())
-    compile_source(cuda_source(executable), target.arch)
+    compile_source(cuda_source(executable), target.cuda_arch)
     return executable
 
 
@@ -241,8 +249,8 @@ def compile_source(source: str, arch: str) -> bytes:
     saved = os.environ.get("CUDA_PATH")
     os.environ["CUDA_PATH"] = cuda_root()
     try:
-        return bytes(nvcc.compile_cuda(source, target_format="cubin" if mode == "nvrtc" else "fatbin",
-                                       arch=arch, compiler=mode))
+        fmt = "cubin" if mode == "nvrtc" else "fatbin"
+        return bytes(nvcc.compile_cuda(source, target_format=fmt, arch=arch, compiler=mode))
     except Exception as e:  # compiler errors arrive as RuntimeError with the compiler's log
         raise BackendError(f"the CUDA code generated for {arch} does not compile with {mode}: "
                            f"{type(e).__name__}: {str(e)[-1500:]}") from None

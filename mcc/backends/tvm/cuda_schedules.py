@@ -58,7 +58,8 @@ _DP4A_DESC = """        for i in range(0, 4):
                 C[0] = C[0] + T.cast(A[vi], "int32") * T.cast(B[vi], "int32")
 """
 
-_DP4A_IMPL = """        T.ptx.dp4a.u32.s32(C[0], T.reinterpret(A.vload([0], "uint8x4"), dtype="uint32"),
+_DP4A_IMPL = """        T.ptx.dp4a.u32.s32(C[0],
+                           T.reinterpret(A.vload([0], "uint8x4"), dtype="uint32"),
                            T.reinterpret(B.vload([0], "int8x4"), dtype="int32"), C[0])
 """
 
@@ -193,4 +194,5 @@ def kernel(w) -> tvm.tirx.PrimFunc:
     _register_dp4a()
     sch = _SCHEDULE[type(w)](w, K.workload_func(w))
     func = sch.mod["main"].without_attr("global_symbol")
-    return func.with_attr({"tir.noalias": True, "tir.is_scheduled": True, "tirx.is_scheduled": True})
+    return func.with_attr({"tir.noalias": True, "tir.is_scheduled": True,
+                           "tirx.is_scheduled": True})

@@ -132,8 +132,7 @@ def host_name(cpuinfo: str | None = None) -> str:
                       f"target to cross-compile: one of {', '.join(TARGETS)}")
 
 
-def resolve(target: "str | dict | CpuTarget | ArmTarget | CudaTarget",
-            cpuinfo: str | None = None):
+def resolve(target: "str | dict | CpuTarget | ArmTarget", cpuinfo: str | None = None):
     """The target for a name: ``x86`` (this CPU), one of :data:`TARGETS`, ``arm`` or ``arm:CPU``;
     ``cuda``, ``cuda:sm_XX`` or a CUDA dict (:mod:`mcc.backends.tvm.cuda`)."""
     if isinstance(target, (CpuTarget, ArmTarget)):

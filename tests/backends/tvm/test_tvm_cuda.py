@@ -23,6 +23,7 @@ import torch
 import mcc
 from mcc.backends import tvm as mcc_tvm
 from mcc.backends.tvm import cuda
+from mcc.backends.tvm.target import host_arch
 from mcc.errors import BackendError, MccError, TargetError
 from mcc.quant import structure as st
 from mcc.runtime import load
@@ -112,7 +113,8 @@ def check_gpu_code(artifact, arch: str, *, int8: bool) -> dict[str, str]:
     kernel running on many threads, mcc's conv/dense kernels staging operands in shared memory
     and (int8) reducing with ``dp4a.u32.s32``, the other kernels without it."""
     meta = artifact.metadata
-    assert meta["target"] == {"kind": "cuda", "name": f"cuda:{arch}", "cuda_arch": arch}
+    assert meta["target"] == {"kind": "cuda", "name": f"cuda:{arch}", "arch": host_arch(),
+                              "cuda_arch": arch}
     assert meta["float_ops"] == []
     source = cuda.cuda_source(artifact.executable)
     found = kernels(source)
@@ -158,7 +160,8 @@ def test_float_reference_cnn_builds_for_cuda(fashion, tmp_path):
     artifact = mcc_tvm.compile(graph, "cuda:sm_75")
     found = check_gpu_code(artifact, "sm_75", int8=False)
     assert artifact.metadata["integer_units"] == 0
-    assert any(n.startswith("mcc_conv2d") for n in found) and any(n.startswith("mcc_dense") for n in found)
+    assert any(n.startswith("mcc_conv2d") for n in found)
+    assert any(n.startswith("mcc_dense") for n in found)
     check_refused_without_gpu(artifact, images.numpy(), tmp_path)
 
 
@@ -234,11 +237,14 @@ def test_cli_compile_for_cuda_saves_the_artifact_and_says_why_it_did_not_run(tmp
         "    return m.eval(), torch.randn(1, 3, 8, 8)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    code = main(["compile", "tinycnn:tiny", "-p", "fold-bn", "--target", "cuda:sm_86", "-o", "tiny.cuda"])
+    code = main(["compile", "tinycnn:tiny", "-p", "fold-bn", "--target", "cuda:sm_86",
+                 "-o", "tiny.cuda"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "compiled for cuda:sm_86" in out and "not run here: " in out and "no GPU" in out
-    assert json.loads((tmp_path / "tiny.cuda" / "metadata.json").read_text())["target"]["cuda_arch"] == "sm_86"
-    assert main(["tune", "tinycnn:tiny", "-p", "fold-bn", "--target", "cuda:sm_86", "-o", "t.db"]) == 2
+    meta = json.loads((tmp_path / "tiny.cuda" / "metadata.json").read_text())
+    assert meta["target"]["cuda_arch"] == "sm_86"
+    assert main(["tune", "tinycnn:tiny", "-p", "fold-bn", "--target", "cuda:sm_86",
+                 "-o", "t.db"]) == 2
     assert "CUDA kernels use mcc's GPU schedules" in capsys.readouterr().err
     assert not (tmp_path / "t.db").exists()
