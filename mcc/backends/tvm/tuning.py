@@ -313,6 +313,18 @@ def _seconds(func, work, target: CpuTarget, repeat: int = 10) -> float:
     return float(min(timer(*args).results))
 
 
+def build_candidate(mod, target, _params=None):
+    """meta_schedule's default build of a candidate, without its ``import
+    tvm.s_tir.tensor_intrin``: that registers every tensor intrinsic TVM has (CUDA, ROCm,
+    Hexagon...) and took 120 s on a loaded 2-core machine, in every build worker, for every batch
+    of candidates. A candidate arrives tensorized (the intrinsics' bodies inlined), so its build
+    needs none of them."""
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
 def _cost_model() -> str:
     """meta_schedule's default cost model is XGBoost, which is not a dependency of mcc (nor of
     TVM's wheel): without it the search fails after its first batch of measurements. Use it
@@ -351,7 +363,8 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
         with tempfile.TemporaryDirectory() as tmp:
             # Generous timeouts: on a loaded 2-core machine a build worker's start-up alone can
             # exceed meta_schedule's default 30 s, and every candidate then "fails to build".
-            builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600)
+            builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600,
+                                              f_build=build_candidate)
             runner = ms.runner.LocalRunner(timeout_sec=120, evaluator_config=ms.runner.EvaluatorConfig(
                 number=5, repeat=1, min_repeat_ms=10))
             ms_db = ms.tune_tir(K.workload_func(work), target.tvm(), tmp, max_trials_global=trials,
