@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schedule candidates measured per kernel (default 32)")
     p.add_argument("-o", "--output", "--db", dest="output", required=True, metavar="DB",
                    help="the tuning database (JSON lines) to create or add to")
+    p.add_argument("--rpc", metavar="HOST:PORT",
+                   help="measure on the devices registered with this TVM RPC tracker (python -m "
+                        "tvm.exec.rpc_tracker) instead of this machine; candidates are still "
+                        "built here. Needs --key")
+    p.add_argument("--key", metavar="KEY",
+                   help="with --rpc: the devices to measure on, as their rpc_server --key names them")
+    p.add_argument("--rpc-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="with --rpc: the longest wait for the tracker to answer and for a free "
+                        "device (default 30)")
     _calibration_args(p)
     _backend_args(p)
     p.set_defaults(run=cmd_tune)
@@ -349,6 +358,7 @@ def cmd_tune(args) -> int:
         raise MccError(f"--trials must be at least 1, got {args.trials}")
     check_output_path(args.output)
     _require_calibration(pipeline, args.calib)
+    farm = _farm(args)
     graph = _load(args)
     calibration = _calibration(args, graph)
     result = compress(graph, pipeline=pipeline, calibration_data=calibration,
@@ -356,7 +366,7 @@ def cmd_tune(args) -> int:
                       instruments=_progress(pipeline))
     lowered = lower.lower(result.graph, target, schedule=kernels.kernel,
                           requantize=args.requantize, allow_float=args.allow_float)
-    summary = tuning.tune(lowered.workloads, target, args.output, trials=args.trials)
+    summary = tuning.tune(lowered.workloads, target, args.output, trials=args.trials, farm=farm)
     labels = {repr(w): _kernel_label(w) for w in lowered.workloads}
     rows = [("kernel", "default", "tuned", "")]
     for entry in summary["kernels"]:
@@ -368,8 +378,9 @@ def cmd_tune(args) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print(f"tuned {summary['tuned']} kernel(s) for {target.name}, {summary['improved']} faster than "
-          f"the default schedule; {summary['already']} already in the database")
+    where = f" on the devices of {farm}" if farm else ""
+    print(f"tuned {summary['tuned']} kernel(s) for {target.name}{where}, {summary['improved']} "
+          f"faster than the default schedule; {summary['already']} already in the database")
     print(f"wrote {args.output}")
     return 0
 
@@ -513,6 +524,22 @@ def _check_artifact_output(path: str):
         raise ExportError(f"cannot write the artifact to {path!r}: it exists and is not an mcc "
                           "artifact; choose a new directory name")
     return out
+
+
+def _farm(args):
+    """The RPC farm of ``mcc tune --rpc HOST:PORT --key KEY``, checked before the model is
+    compressed so that a wrong address or key fails in seconds; None without --rpc."""
+    from mcc.backends.tvm.rpc import Farm
+    from mcc.errors import BackendError
+
+    if args.rpc is None and args.key is None:
+        return None
+    if args.rpc is None:
+        raise BackendError("--key names devices registered with an RPC tracker; give the tracker "
+                           "with --rpc HOST:PORT as well")
+    farm = Farm.parse(args.rpc, args.key, args.rpc_timeout)
+    farm.devices()
+    return farm
 
 
 def _check_tuning_database(path: str | None) -> None:

@@ -126,8 +126,8 @@ def test_tune_writes_a_database_that_compile_reads(factory, capsys, monkeypatch)
     replaced here by a stand-in that records what it was asked to tune)."""
     seen = {}
 
-    def fake_tune(workloads, target, database, *, trials, progress=None):
-        seen.update(workloads=list(workloads), target=target, trials=trials)
+    def fake_tune(workloads, target, database, *, trials, progress=None, farm=None):
+        seen.update(workloads=list(workloads), target=target, trials=trials, farm=farm)
         tunable = [w for w in workloads if isinstance(w, tuning.TUNABLE)]
         tuning.Database(database, target).save(database)
         return {"tuned": len(tunable), "improved": 0, "already": 0, "database": str(database),
@@ -138,6 +138,7 @@ def test_tune_writes_a_database_that_compile_reads(factory, capsys, monkeypatch)
     assert main(["tune", "cnnmodels:small", "-p", "fold-bn", "--trials", "3", "--db", "small.db"]) == 0
     out = capsys.readouterr().out
     assert seen["trials"] == 3 and seen["target"].name == mcc.backends.tvm.resolve("x86").name
+    assert seen["farm"] is None  # measured here without --rpc
     kinds = sorted(type(w).__name__ for w in seen["workloads"] if isinstance(w, tuning.TUNABLE))
     assert kinds == ["Conv2d", "Conv2d", "Dense"]
     assert re.search(r"conv 16->16 16x16 k3x3 s2 float32 +20 us +30 us +default kept", out), out

@@ -20,6 +20,7 @@ line; records for other targets are counted as foreign and skipped (one warning 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mcc.backends.tvm import kernels as K
+from mcc.backends.tvm.rpc import Farm, compiler, export
 from mcc.backends.tvm.target import CpuTarget, host_arch
 from mcc.errors import BackendError, TargetError
 from mcc.io import default_mode
@@ -293,11 +295,8 @@ def _space(target: CpuTarget):
                                              mutator_probs="llvm")
 
 
-def _seconds(func, work, target: CpuTarget, repeat: int = 10) -> float:
-    """The fastest of ``repeat`` runs of a scheduled kernel on random data."""
-    import tvm
-
-    mod = tvm.compile(tvm.IRModule({"main": func}), target.tvm()).jit()
+def _inputs(work) -> list[np.ndarray]:
+    """Random arguments for a kernel: floats in [-1, 1], integers in [-100, 100)."""
     rng = np.random.default_rng(0)
     args = []
     for param in K.workload_func(work).params:
@@ -308,7 +307,20 @@ def _seconds(func, work, target: CpuTarget, repeat: int = 10) -> float:
         else:
             info = np.iinfo(dtype)
             data = rng.integers(max(info.min, -100), min(info.max, 100), shape).astype(dtype)
-        args.append(tvm.runtime.tensor(data))
+        args.append(data)
+    return args
+
+
+def _seconds(func, work, target: CpuTarget, farm: Farm | None = None, repeat: int = 10) -> float:
+    """The fastest of ``repeat`` runs of a scheduled kernel on random data, here or, with a
+    ``farm``, on one of its devices."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func}), target.tvm())
+    if farm is not None:
+        return farm.seconds(lib, _inputs(work), compiler(target), repeat)
+    mod = lib.jit()
+    args = [tvm.runtime.tensor(a) for a in _inputs(work)]
     timer = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat)
     return float(min(timer(*args).results))
 
@@ -336,18 +348,29 @@ def _cost_model() -> str:
 
 
 def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: int = 32,
-         progress: bool | None = None) -> dict:
+         progress: bool | None = None, farm: Farm | None = None) -> dict:
     """Tune each tunable kernel of ``workloads`` with meta_schedule (``trials`` candidates
     each) and record the result in ``database`` when it beats the hand-written schedule.
-    Kernels that already have a record are skipped. Returns counts and timings per kernel."""
+    Kernels that already have a record are skipped. Returns counts and timings per kernel.
+
+    Candidates are built here and measured on this machine or, with a ``farm``, on its devices
+    (as many candidates at a time as it has devices); the hand-written and the tuned schedule
+    are timed where the candidates were. The database is saved after each kernel, only with
+    records whose measurements all succeeded: a failure (an unreachable tracker, no free
+    device) raises and leaves the records of the kernels finished before it."""
     import tvm
     from tqdm import tqdm
     from tvm.s_tir import meta_schedule as ms
 
     if target.arch != host_arch():
-        raise TargetError(f"tuning measures every candidate on this machine ({host_arch()}), "
-                          f"which cannot run {target.arch} code for {target.name}: tune on an "
-                          f"{target.arch} machine")
+        if farm is None:
+            raise TargetError(f"tuning measures every candidate on this machine ({host_arch()}), "
+                              f"which cannot run {target.arch} code for {target.name}: tune on an "
+                              f"{target.arch} machine")
+        # _space sets up meta_schedule's x86 rules only: ARM boards need their sdot rules first.
+        raise TargetError(f"mcc tune --rpc cannot tune {target.name} yet: mcc sets up "
+                          "meta_schedule's x86 search space only; tune on an x86 farm or target")
+    devices = farm.devices() if farm is not None else 0  # fail before anything is measured
     db = Database(database, target)
     todo, seen = [], set()
     for work in workloads:
@@ -359,14 +382,17 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
     results = []
     show = sys.stderr.isatty() if progress is None else progress
     for work in tqdm(todo, desc="tuning kernels", unit="kernel", disable=not show):
-        default = _seconds(K.kernel(work), work, target)
+        default = _seconds(K.kernel(work), work, target, farm)
         with tempfile.TemporaryDirectory() as tmp:
             # Generous timeouts: on a loaded 2-core machine a build worker's start-up alone can
             # exceed meta_schedule's default 30 s, and every candidate then "fails to build".
-            builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600,
-                                              f_build=build_candidate)
-            runner = ms.runner.LocalRunner(timeout_sec=120, evaluator_config=ms.runner.EvaluatorConfig(
-                number=5, repeat=1, min_repeat_ms=10))
+            evaluator = ms.runner.EvaluatorConfig(number=5, repeat=1, min_repeat_ms=10)
+            # For a farm, a shared library linked here: the devices need no compiler.
+            builder = ms.builder.LocalBuilder(
+                max_workers=1, timeout_sec=600, f_build=build_candidate,
+                f_export=None if farm is None else functools.partial(export, cc=compiler(target)))
+            runner = (ms.runner.LocalRunner(timeout_sec=120, evaluator_config=evaluator)
+                      if farm is None else farm.runner(evaluator, devices))
             ms_db = ms.tune_tir(K.workload_func(work), target.tvm(), tmp, max_trials_global=trials,
                                 num_trials_per_iter=min(trials, 16), space=_space(target),
                                 builder=builder, runner=runner, cost_model=_cost_model(),
@@ -375,7 +401,7 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
         entry = {"kernel": repr(work), "default_seconds": default, "tuned_seconds": None}
         if sch is not None:
             func = sch.mod["main"].with_attr({"tir.noalias": True, "tir.is_scheduled": True})
-            tuned = _seconds(func, work, target)
+            tuned = _seconds(func, work, target, farm)
             entry["tuned_seconds"] = tuned
             if tuned < default:
                 db.add(Record(target.key(), workload_key(work), repr(work),
