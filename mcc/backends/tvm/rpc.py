@@ -29,19 +29,14 @@ SESSION_SECONDS = 120
 LIBRARY = "mcc_kernel.so"
 
 
-def export(lib, cc: str | None = None, directory: str | None = None) -> str:
-    """Export a built kernel as a shared library (with the compiler ``cc``, the host's default
-    when None) into ``directory`` (a new temporary one when None); returns its path."""
+def export(lib, directory: str | None = None, **options) -> str:
+    """Export a built kernel as a shared library into ``directory`` (a new temporary one when
+    None) with ``export_library``'s ``options`` (a target's ``export_options()``: an ARM target
+    names its cross compiler); returns its path."""
     directory = directory or tempfile.mkdtemp(prefix="mcc-rpc-")
     path = os.path.join(directory, LIBRARY)
-    lib.export_library(path, **({"cc": cc} if cc else {}))
+    lib.export_library(path, **options)
     return path
-
-
-def compiler(target) -> str | None:
-    """The compiler that links code for ``target``: the cross compiler a target names in its
-    ``cc`` attribute, None (the host's default) for targets without one."""
-    return getattr(target, "cc", None)
 
 
 @dataclass(frozen=True)
@@ -154,13 +149,13 @@ class Farm:
                                "--custom-addr set to an address this machine reaches") from None
 
     # ---- measuring -------------------------------------------------------------------------
-    def seconds(self, lib, arrays, cc: str | None, repeat: int = 10) -> float:
+    def seconds(self, lib, arrays, options: dict, repeat: int = 10) -> float:
         """The fastest of ``repeat`` runs of the built kernel ``lib`` ("main") on ``arrays``,
-        on one free device."""
+        on one free device; ``options`` link it (see :func:`export`)."""
         import tvm
 
         with tempfile.TemporaryDirectory(prefix="mcc-rpc-") as tmp:
-            path = export(lib, cc, tmp)
+            path = export(lib, tmp, **options)
             remote = self.session()
             try:
                 remote.upload(path)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mcc.backends.tvm import kernels as K
-from mcc.backends.tvm.rpc import Farm, compiler, export
+from mcc.backends.tvm.rpc import Farm, export
 from mcc.backends.tvm.target import CpuTarget, host_arch
 from mcc.errors import BackendError, TargetError
 from mcc.io import default_mode
@@ -318,7 +318,7 @@ def _seconds(func, work, target: CpuTarget, farm: Farm | None = None, repeat: in
 
     lib = tvm.compile(tvm.IRModule({"main": func}), target.tvm())
     if farm is not None:
-        return farm.seconds(lib, _inputs(work), compiler(target), repeat)
+        return farm.seconds(lib, _inputs(work), target.export_options(), repeat)
     mod = lib.jit()
     args = [tvm.runtime.tensor(a) for a in _inputs(work)]
     timer = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat)
@@ -388,9 +388,9 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
             # exceed meta_schedule's default 30 s, and every candidate then "fails to build".
             evaluator = ms.runner.EvaluatorConfig(number=5, repeat=1, min_repeat_ms=10)
             # For a farm, a shared library linked here: the devices need no compiler.
-            builder = ms.builder.LocalBuilder(
-                max_workers=1, timeout_sec=600, f_build=build_candidate,
-                f_export=None if farm is None else functools.partial(export, cc=compiler(target)))
+            linked = functools.partial(export, **target.export_options())
+            builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600, f_build=build_candidate,
+                                              f_export=None if farm is None else linked)
             runner = (ms.runner.LocalRunner(timeout_sec=120, evaluator_config=evaluator)
                       if farm is None else farm.runner(evaluator, devices))
             ms_db = ms.tune_tir(K.workload_func(work), target.tvm(), tmp, max_trials_global=trials,
