@@ -224,6 +224,16 @@ def test_every_device_busy_fails_after_the_timeout_and_keeps_the_database(farm, 
     assert db.read_text() == text
 
 
+def test_an_arm_target_is_refused_before_the_farm_is_asked(tmp_path):
+    """Only x86 search spaces are set up: an ARM target is refused, with no tracker contacted."""
+    from mcc.errors import TargetError
+
+    db = tmp_path / "arm.db"
+    with pytest.raises(TargetError, match="mcc tune --rpc cannot tune arm:cortex-a76 yet"):
+        tuning.tune([WORK], resolve("arm:cortex-a76"), db, farm=Farm("127.0.0.1", free_port(), KEY))
+    assert not db.exists()
+
+
 # ---- the command line -------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, match", [
     (["--rpc", "127.0.0.1"], "--rpc must be HOST:PORT"),
