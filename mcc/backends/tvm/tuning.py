@@ -8,9 +8,11 @@ A database is one JSON-lines file; each line is a record::
 
 keyed by ``(target, workload)``: the target's LLVM CPU and the structural hash of the kernel's
 unscheduled PrimFunc (:func:`mcc.backends.tvm.kernels.workload_func`), so a record applies only
-to the exact computation it was tuned on, on the CPU it was tuned for. Records are only kept
-when the tuned schedule beat mcc's hand-written one (``default_seconds``); a kernel without a
-record keeps the hand-written schedule.
+to the exact computation it was tuned on, on the CPU it was tuned for. Every tuned kernel gets
+a record: the searched schedule's trace when it beat mcc's hand-written one
+(``default_seconds``), or ``"trace": null`` when the hand-written schedule measured fastest, so
+that the kernel is not searched again and the database says what the device measured. A kernel
+without a record, or with a null trace, keeps the hand-written schedule.
 
 Reading never fails on a bad line: a line that is not JSON, lacks a field, comes from another
 TVM release or whose trace no longer applies is skipped with a warning naming the file and the
@@ -196,6 +198,9 @@ class Scheduler:
     def schedule(self, work):
         if self.db is not None and isinstance(work, TUNABLE):
             record = self.db.get(work, self.target)
+            if record is not None and record.trace is None:  # tuning kept the hand-written one
+                self.applied += 1
+                return K.kernel(work)
             if record is not None:
                 func = apply_trace(work, record.trace)
                 if func is not None:
@@ -399,13 +404,15 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
                                 num_tuning_cores=target.num_cores)
             sch = ms.tir_integration.compile_tir(ms_db, K.workload_func(work), target.tvm())
         entry = {"kernel": repr(work), "default_seconds": default, "tuned_seconds": None}
+        trace, seconds = None, default  # unless the search beats the hand-written schedule
         if sch is not None:
             func = sch.mod["main"].with_attr({"tir.noalias": True, "tir.is_scheduled": True})
             tuned = _seconds(func, work, target, farm)
             entry["tuned_seconds"] = tuned
             if tuned < default:
-                db.add(Record(target.key(), workload_key(work), repr(work),
-                              _encode(sch.trace.as_json()), tuned, default, tvm.__version__))
+                trace, seconds = _encode(sch.trace.as_json()), tuned
+        db.add(Record(target.key(), workload_key(work), repr(work), trace, seconds, default,
+                      tvm.__version__))
         results.append(entry)
         db.save(database)
     db.save(database)

@@ -140,7 +140,8 @@ def loads(logs) -> list[int]:
 # ---- tuning through the farm ---------------------------------------------------------------
 def test_tune_measures_on_the_devices_and_records_their_times(farm, logs, tmp_path):
     """The default, every candidate and the tuned schedule run on the servers, and the database
-    holds a record with their times exactly when the tuned one beat the default. Slow: 157 s on
+    holds a record with their times: the searched schedule's trace when it beat the default,
+    none when the hand-written schedule won (measured: it won, 7.9 against 17.6 µs). Slow: 157 s on
     the loaded 2-core machine, most of it meta_schedule importing every TVM tensor intrinsic
     (CUDA, ROCm...) as it starts a search, once per process."""
     db = tmp_path / "farm.jsonl"
@@ -153,16 +154,18 @@ def test_tune_measures_on_the_devices_and_records_their_times(farm, logs, tmp_pa
     after = loads(logs)
     assert sum(after) - sum(before) == 1 + 4 + 1, (before, after)
     assert all(a > b for a, b in zip(after, before)), (before, after)
-    records = tuning.Database(db, HOST).records
+    (record,) = tuning.Database(db, HOST).records.values()
+    assert record.workload == tuning.workload_key(WORK) and record.target == HOST.key()
+    assert record.default_seconds == entry["default_seconds"]
     if entry["tuned_seconds"] < entry["default_seconds"]:
-        (record,) = records.values()
-        assert summary["improved"] == 1
-        assert record.workload == tuning.workload_key(WORK)
-        assert (record.seconds, record.default_seconds) == (entry["tuned_seconds"],
-                                                            entry["default_seconds"])
+        assert summary["improved"] == 1 and record.seconds == entry["tuned_seconds"]
         assert tuning.apply_trace(WORK, record.trace) is not None
-    else:  # the hand-written schedule won: nothing to record
-        assert records == {} and summary["improved"] == 0
+    else:  # the hand-written schedule won: recorded as such, with the device's time
+        assert summary["improved"] == 0 and record.trace is None
+        assert record.seconds == entry["default_seconds"]
+    # A second run finds the kernel tuned and measures nothing.
+    again = tuning.tune([WORK], HOST, db, trials=4, farm=farm)
+    assert again["tuned"] == 0 and again["already"] == 1 and loads(logs) == after
 
 
 # ---- bounded failures ------------------------------------------------------------------------

@@ -210,6 +210,19 @@ def test_compile_applies_a_record_and_outputs_are_unchanged(small_int8_conv, tmp
     np.testing.assert_array_equal(tuned(x)[0], untuned)  # integer kernels: bit for bit
 
 
+def test_a_record_without_trace_keeps_the_hand_written_schedule(small_int8_conv, tmp_path):
+    """What tune writes when no candidate beat mcc's own schedule: the kernel counts as tuned
+    and compiles with the hand-written schedule."""
+    graph, work, x, untuned = small_int8_conv
+    path = write(tmp_path / "db.jsonl", Record(HOST.key(), tuning.workload_key(work), repr(work),
+                                               None, 2e-5, 2e-5, tvm.__version__))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TuningWarning)
+        artifact = mcc_tvm.compile(graph, "x86", tuning=path)
+    assert artifact.metadata["tuning"]["applied"] == 1 and artifact.metadata["tuning"]["failed"] == 0
+    np.testing.assert_array_equal(artifact(x)[0], untuned)
+
+
 def test_a_record_for_another_kernel_or_target_is_not_used(small_int8_conv, tmp_path):
     graph, work, x, untuned = small_int8_conv
     other = K.Conv2d(1, 16, 4, 4, 16, (1, 1), dtype="float32", **K.target_fields(HOST))
