@@ -7,6 +7,7 @@ fails, and the tests check that none is left.
 """
 
 import contextlib
+import shutil
 import os
 import signal
 import socket
@@ -227,13 +228,32 @@ def test_every_device_busy_fails_after_the_timeout_and_keeps_the_database(farm, 
     assert db.read_text() == text
 
 
-def test_an_arm_target_is_refused_before_the_farm_is_asked(tmp_path):
-    """Only x86 search spaces are set up: an ARM target is refused, with no tracker contacted."""
-    from mcc.errors import TargetError
+def test_arm_candidates_are_built_for_aarch64_and_sent_to_the_farm(tmp_path):
+    """A farm of ARM boards: meta_schedule's candidates for an ARM int8 kernel are compiled and
+    linked here as aarch64 shared objects (what the boards load), and tune goes to the farm
+    rather than refusing the target (here the tracker is absent, so it fails on reaching it)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
 
+    from mcc.backends.tvm.arm import CROSS_CC
+    from mcc.backends.tvm.rpc import export
+
+    if shutil.which(CROSS_CC) is None:
+        pytest.skip(f"{CROSS_CC} is not installed (scripts/install-assets.sh installs it)")
+    target = resolve("arm:cortex-a76")
+    work = K.Conv2d(1, 16, 6, 6, 16, (3, 3), padding=(1, 1, 1, 1), dtype="int8",
+                    epilogue=K.Epilogue("int32"), pad_value=3, **target.kernel_fields())
+    context = ms.TuneContext(tvm.IRModule({"main": K.workload_func(work)}), target=target.tvm(),
+                             space_generator=tuning._space(target), num_threads=1)
+    spaces = context.generate_design_space()
+    assert spaces
+    library = export(tuning.build_candidate(spaces[0].mod, target.tvm()), str(tmp_path),
+                     **target.export_options())
+    header = open(library, "rb").read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # aarch64
     db = tmp_path / "arm.db"
-    with pytest.raises(TargetError, match="mcc tune --rpc cannot tune arm:cortex-a76 yet"):
-        tuning.tune([WORK], resolve("arm:cortex-a76"), db, farm=Farm("127.0.0.1", free_port(), KEY))
+    with pytest.raises(BackendError, match="cannot reach the RPC tracker"):
+        tuning.tune([work], target, db, farm=Farm("127.0.0.1", free_port(), KEY, 2.0))
     assert not db.exists()
 
 
