@@ -48,9 +48,20 @@ class QuantizedLayer:
         if bias is None or not self.weight_quant.enabled or self.weight_quant.scheme != "linear" \
                 or not bool(s_in > 0):
             return bias
-        step = s_in.detach().double() * self.weight_quant.scale.detach().double().reshape(-1)
-        codes = torch.round(bias.detach().double() / step).clamp(-2 ** 31, 2 ** 31 - 1)
-        return bias + (codes * step).to(bias.dtype) - bias.detach()
+        codes = self.bias_codes(s_in).clamp(-2 ** 31, 2 ** 31 - 1)
+        return bias + (codes * self.accumulator_scale(s_in)).to(bias.dtype) - bias.detach()
+
+    def accumulator_scale(self, input_scale) -> torch.Tensor:
+        """``S_in·S_w`` (float64, per output channel or one value): the step of the int32
+        accumulator, and of the grid its bias lies on."""
+        s_in = torch.as_tensor(input_scale).detach().double()
+        return s_in * self.weight_quant.scale.detach().double().reshape(-1)
+
+    def bias_codes(self, input_scale) -> torch.Tensor:
+        """``round(b / (S_in·S_w))`` (float64): the integers an int8 engine adds to its
+        accumulator. The one definition both the fake-quant graph (:meth:`quantized_bias`) and
+        mcc's integer kernels use, so that they add the same bias."""
+        return torch.round(self.bias.detach().double() / self.accumulator_scale(input_scale))
 
     def _check_ready(self) -> None:
         if self.pending and not shape_run():

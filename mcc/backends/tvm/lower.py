@@ -808,12 +808,11 @@ class Lowering(TorchFXImporter):
         fq = module.weight_quant
         codes = fq.codes(module.weight).numpy()
         oc = codes.shape[0]
-        s_w = np.broadcast_to(fq.scale.detach().numpy().astype(np.float64).reshape(-1), (oc,))
-        bias = module.bias.detach().numpy().astype(np.float64) if module.bias is not None else np.zeros(oc)
-        s_acc = q_in.scale * s_w  # the scale of the int32 accumulator
+        s_acc = np.broadcast_to(module.accumulator_scale(q_in.scale).numpy(), (oc,))
+        bias = module.bias_codes(q_in.scale).numpy().astype(np.int64) if module.bias is not None else 0
         # Σ(q − Z)·w = Σ q·w − Z·Σw: the zero point's share is a constant per output channel.
         sum_w = codes.reshape(oc, -1).astype(np.int64).sum(axis=1)
-        bias_q = np.rint(bias / s_acc).astype(np.int64) - q_in.zero_point * sum_w
+        bias_q = bias - q_in.zero_point * sum_w
         if np.any(np.abs(bias_q) >= 2 ** 31):
             raise BackendError(f"node {g.node.name!r}: its int32 bias overflows (bias too large "
                                "for the input and weight scales); recalibrate or skip the layer")
