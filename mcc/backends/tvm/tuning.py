@@ -273,7 +273,7 @@ def _space(target: CpuTarget):
 
     from mcc.backends.tvm import intrinsics
 
-    if not getattr(target, "vnni", False):  # AVX2, AVX-512 without VNNI, ARM
+    if not target.kernel_fields()["vnni"]:  # AVX2, AVX-512 without VNNI, ARM
         return ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
                                                  mutator_probs="llvm")
     reuse = ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")
