@@ -65,6 +65,15 @@ def _factorize_stats(records) -> dict | None:
     return found[-1] if found else None
 
 
+def _compress(model: str, spec: str, graph, base) -> tuple:
+    """``spec`` run on a copy of ``graph``, timed: the compressed graph and its row."""
+    start = time.perf_counter()
+    out, records = Pipeline.parse(spec).run(graph.copy())
+    seconds = time.perf_counter() - start
+    return out, _row(model, spec, base, measure(out, latency=False), seconds,
+                     _factorize_stats(records))
+
+
 def bench_minilm(bar) -> list[dict]:
     from mcc.zoo import evaluate_minilm, resolve_evaluator
 
@@ -80,12 +89,8 @@ def bench_minilm(bar) -> list[dict]:
     bar.update(1)
     _print(row)
     for spec in MINILM:
-        start = time.perf_counter()
-        out, records = Pipeline.parse(spec).run(graph.copy())
-        seconds = time.perf_counter() - start
+        out, row = _compress("MiniLM-L6", spec, graph, base)
         scores = evaluate_minilm(out)
-        row = _row("MiniLM-L6", spec, base, measure(out, latency=False), seconds,
-                   _factorize_stats(records))
         row.update(cosine=scores["cosine"], pearson=scores["pearson"])
         rows.append(row)
         bar.update(1)
@@ -107,11 +112,7 @@ def bench_cnn(bar, recover_seconds: float) -> list[dict]:
     bar.update(1)
     _print(row)
     for spec in CNN:
-        start = time.perf_counter()
-        out, records = Pipeline.parse(spec).run(graph.copy())
-        seconds = time.perf_counter() - start
-        row = _row("Fashion-MNIST CNN", spec, base, measure(out, latency=False), seconds,
-                   _factorize_stats(records))
+        out, row = _compress("Fashion-MNIST CNN", spec, graph, base)
         row["top1"] = evaluate_fashion_mnist(out)
         rows.append(row)
         bar.update(1)
