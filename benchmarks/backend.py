@@ -283,7 +283,7 @@ def prepare(name: str, args, workdir: Path) -> dict:
     info["fake_quant_top1_agreement_with_float"] = hits_float / args.agree
     info["agreement_images"] = args.agree
     return {"info": info, "run": run, "x": xn,
-            "artifacts": {"mcc_fp32": fp32_art, "mcc_int8": int8_art},
+            "artifacts": {"mcc_fp32": fp32_art, "mcc_int8": int8_art, "mcc_int8w7": w7_art},
             "onnx": {"ort_fp32": float_path, "ort_int8": int8_path}}
 
 
@@ -373,7 +373,7 @@ def profile_ort(path: Path, threads: int, x, workdir: Path, runs: int = 10) -> l
 
 def print_profile(name: str, prepared: dict, threads: int, workdir: Path) -> dict:
     out = {}
-    for engine in ("mcc_fp32", "mcc_int8"):
+    for engine in ("mcc_fp32", "mcc_int8", "mcc_int8w7"):
         rows = profile_mcc(prepared["artifacts"][engine], prepared["x"])
         out[engine] = rows
         total = sum(r["ms"] for r in rows)
@@ -383,7 +383,7 @@ def print_profile(name: str, prepared: dict, threads: int, workdir: Path) -> dic
             kinds[r["kernel"].rstrip("0123456789").rstrip("_")] += r["ms"]
         print("  by kind: " + ", ".join(f"{k} {v:.1f}" for k, v in
                                         sorted(kinds.items(), key=lambda kv: -kv[1])[:6]))
-        for r in rows[:8]:
+        for r in rows[:12]:
             print(f"  {r['kernel']:<32}{r['calls']:>3}x {r['ms']:8.2f} ms")
     for engine in ("ort_fp32", "ort_int8"):
         rows = profile_ort(prepared["onnx"][engine], threads, prepared["x"], workdir)
