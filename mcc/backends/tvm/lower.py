@@ -524,7 +524,7 @@ class Lowering(TorchFXImporter):
 
     # ---- quantizers and ops on codes ---------------------------------------------------------
     def _fake_quant(self, node: fx.Node, fq: FakeQuantize) -> Value:
-        if fq.scheme != "linear" or fq.axis is not None or fq.bits != 8:
+        if not _is_activation_quantizer(fq):
             raise BackendError(f"quantizer {node.name!r} ({fq.extra_repr()}) is not an 8-bit "
                                "per-tensor activation quantizer; the integer path needs one")
         q = QParams.of(fq)
@@ -547,6 +547,10 @@ class Lowering(TorchFXImporter):
         pool = self._max_pool_args(node, module)
         if pool is not None:
             return self._max_pool(value, *pool)
+        if value.layout == "blocked" and value.block == BLOCK and _is_global_avg_pool(node, module):
+            out_q = self._quantizer_after(node)
+            if out_q is not None:
+                return self._avg_pool_codes(value, out_q)
         padded = self._zero_pad(node, module, value)
         if padded is not None:
             return padded
@@ -557,6 +561,36 @@ class Lowering(TorchFXImporter):
         if cat is not None:
             return self._cat_codes(node, cat)
         return None
+
+    def _quantizer_after(self, node: fx.Node) -> QParams | None:
+        """The activation quantizer that ``node``'s float result reaches through
+        flatten and identity ops only (a classifier's input quantizer after global pooling),
+        or None."""
+        cur = node
+        while (user := self._single_user(cur)) is not None:
+            module = self.named_modules.get(user.target) if user.op == "call_module" else None
+            if isinstance(module, FakeQuantize):
+                return QParams.of(module) if _is_activation_quantizer(module) else None
+            passes = isinstance(module, _IDENTITY_MODULES) or user.target in _IDENTITY_FUNCTIONS \
+                or (user.op == "call_function" and user.target is torch.flatten) \
+                or isinstance(module, nn.Flatten) \
+                or (user.op == "call_method" and user.target in (*_FLATTEN_METHODS, "contiguous"))
+            if not passes:
+                return None
+            cur = user
+        return None
+
+    def _avg_pool_codes(self, value: Value, out_q: QParams) -> Value:
+        """Global average pooling on codes: ``Σ(q − Z_in)`` in int32, requantized straight to
+        the codes of the quantizer that follows (``out_q``), whose fake-quant op then has
+        nothing left to do; the float path would dequantize, average and quantize again."""
+        n, cb, h, w, _ = value.shape
+        requant = K.Requant.between(value.q.scale, value.q.zero_point, out_q.scale,
+                                    out_q.zero_point, out_q.qmin, out_q.qmax, "uint8",
+                                    divisor=h * w)
+        work = K.Pool2d("avg", n, cb * BLOCK, h, w, (h, w), (1, 1),
+                        dtype=str(value.expr.ty.dtype), requant=requant)
+        return Value(self._call(work, [value.expr]), "blocked", value.channels, out_q)
 
     def _cat_codes(self, node: fx.Node, operands: list[fx.Node]) -> Value | None:
         values = [self.values[o] for o in operands]
@@ -921,6 +955,11 @@ def _clamp(expr, bounds):
     if hi != math.inf:
         expr = R.minimum(expr, relax.const(np.float32(hi)))
     return expr
+
+
+def _is_activation_quantizer(fq: FakeQuantize) -> bool:
+    """8-bit, per-tensor, linear: the quantizers whose codes the integer kernels pass along."""
+    return fq.scheme == "linear" and fq.axis is None and fq.bits == 8
 
 
 def _is_global_avg_pool(node: fx.Node, module) -> bool:

@@ -27,6 +27,8 @@ from torch.nn import functional as F
 
 import mcc
 from mcc.backends import tvm as mcc_tvm
+from mcc.backends.tvm import kernels as K
+from mcc.backends.tvm import lower
 from mcc.errors import BackendError, ExportError, MccError, TargetError
 from mcc.quant import structure as st
 from mcc.runtime import load
@@ -457,3 +459,36 @@ def test_a_dead_channel_with_a_large_bias_compiles_exactly():
     fake_quant = quantized(x).detach().numpy()
     out_scale = params[st.units(quantized)[-1].output]["scale"]
     assert np.abs(artifact(x.numpy())[0] - fake_quant).max() <= 1.01 * out_scale
+
+
+@pytest.mark.parametrize("pool", ["module", "mean"])
+def test_global_average_pooling_runs_on_codes(pool):
+    """A classifier head (global average pooling, flatten, Linear): the pooling sums codes in
+    int32 and requantizes straight to the Linear's input codes, no float in between; the logits
+    equal the fake-quant graph's. The pooled convolution has no ReLU, so its zero point is not
+    0 and the sum must subtract it."""
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 40, 3, padding=1), nn.Conv2d(40, 40, 3, stride=2)
+            self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(40, 10)
+
+        def forward(self, x):
+            y = self.conv2(torch.relu(self.conv1(x)))
+            y = self.pool(y) if pool == "module" else y.mean((2, 3), keepdim=True)
+            return self.fc(torch.flatten(y, 1))
+
+    torch.manual_seed(0)
+    graph, _ = mcc.compress(Head().eval(), torch.randn(8, 3, 16, 16), pipeline="quantize",
+                            latency=False,
+                            calibration_data=[torch.randn(8, 3, 16, 16) for _ in range(4)])
+    lowered = lower.lower(graph, mcc_tvm.resolve("x86"), schedule=K.kernel)
+    pools = [w for w in lowered.workloads if isinstance(w, K.Pool2d)]
+    assert [(p.kind, p.dtype, p.kernel) for p in pools] == [("avg", "uint8", (7, 7))]
+    assert pools[0].requant.in_zero != 0
+    assert not [w for w in lowered.workloads if isinstance(w, K.Dequantize)]
+    artifact = mcc_tvm.compile(graph, "x86")
+    assert artifact.metadata["float_ops"] == [] and artifact.metadata["integer_units"] == 3
+    x = torch.randn(8, 3, 16, 16)
+    np.testing.assert_array_equal(artifact(x.numpy())[0], graph(x).detach().numpy())
