@@ -13,7 +13,7 @@ LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
 
 @pytest.fixture(scope="module")
 def digits():
-    model, (x_train, y_train, x_test, y_test) = trained_digits(), digits_data()
+    model, (x_train, _, x_test, y_test) = trained_digits(), digits_data()
     graph = Pipeline.parse("fold-bn").run(mcc.trace(model, x_test[:2]))[0]
     return graph, calibration_batches(x_train), lambda m: accuracy(m, x_test, y_test)
 
