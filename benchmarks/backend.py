@@ -16,7 +16,9 @@ compare zeros. Latency does not depend on the values.
 * ``mcc_fp32``  ``mcc.compress(graph, pipeline="fold-bn")``, then
   ``mcc.backends.tvm.compile(graph, "x86")``;
 * ``mcc_int8``  pipeline ``fold-bn,quantize`` calibrated (min-max) on the same ``--calib`` images
-  ORT calibrates on, compiled the same way (no tuning database: mcc's hand-written kernels);
+  ORT calibrates on, compiled the same way (with compile's default, the tuning database mcc
+  ships for this CPU when there is one, else mcc's hand-written kernels; the JSON says how many
+  kernels it gave);
 * ``mcc_int8w7`` the same with ``quantize{weights=int7}``: on CPUs without VNNI the kernels
   then use ``vpmaddubsw``, exact for 7-bit weights (what ORT's ``reduce_range`` and oneDNN do
   there). The targets are checked on ``mcc_int8``; this column shows what 7-bit weights buy.
@@ -40,8 +42,10 @@ numpy output, copies included. Without one the run says why and leaves them out.
 Also printed: the time ``compile`` takes per model, and how often the int8 artifact's top-1
 class equals the fake-quant graph's on ``--agree`` fresh random images (the JSON adds the largest
 logit difference relative to the largest logit, and the same agreements for ONNX Runtime's int8
-and the float model). ``--profile``
-adds, per model, the slowest kernels of both mcc artifacts (timed through the Relax VM's
+and the float model). ``--untuned`` adds
+``mcc_int8_hand`` and ``mcc_int8w7_hand``, the same int8 graphs compiled with ``tuning=False``
+(mcc's hand-written schedules only), to show side by side what the shipped database buys.
+``--profile`` adds, per model, the slowest kernels of both mcc artifacts (timed through the Relax VM's
 instrument hook) next to ONNX Runtime's own per-operator profile. Writes
 benchmarks/results/backend.json.
 """
@@ -64,10 +68,13 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "backend.json"
 MODELS = ("resnet18", "resnet50", "mobilenet_v2")
 ENGINES = ("torch", "ort_fp32", "ort_int8", "mcc_fp32", "mcc_int8", "mcc_int8w7")
+#: With --untuned, also the two int8 artifacts compiled without any tuning database.
+UNTUNED_ENGINES = ("mcc_int8_hand", "mcc_int8w7_hand")
 #: On a machine with an NVIDIA GPU (seen by both PyTorch and TVM), also these.
 CUDA_ENGINES = ("torch_cuda", "mcc_cuda_fp32", "mcc_cuda_int8")
 LABELS = {"torch": "PyTorch", "ort_fp32": "ORT fp32", "ort_int8": "ORT int8",
           "mcc_fp32": "mcc fp32", "mcc_int8": "mcc int8", "mcc_int8w7": "mcc int8/w7",
+          "mcc_int8_hand": "mcc int8 hand", "mcc_int8w7_hand": "mcc w7 hand",
           "torch_cuda": "PyTorch GPU", "mcc_cuda_fp32": "mcc GPU fp32",
           "mcc_cuda_int8": "mcc GPU int8"}
 PAUSE_S = 0.005
@@ -87,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="calibration images for mcc and ORT int8 (default: %(default)s)")
     parser.add_argument("--agree", type=int, default=16,
                         help="images for the int8 top-1 agreement check (default: %(default)s)")
+    parser.add_argument("--untuned", action="store_true",
+                        help="also time both int8 artifacts compiled with the hand-written "
+                             "schedules only (tuning=False): what the shipped database buys")
     parser.add_argument("--profile", action="store_true",
                         help="also print the mcc artifacts' per-kernel times and ORT's "
                              "per-operator profile")
@@ -213,6 +223,9 @@ def prepare(name: str, args, workdir: Path) -> dict:
     info["compile_int8_s"] = time.perf_counter() - start
     w7_art = mcc_tvm.compile(w7_graph, "x86", pipeline="fold-bn,quantize{weights=int7}", name=name)
     meta = int8_art.metadata
+    # compile's default: the database mcc ships for this CPU, if any (kernels it applied)
+    info["tuning"] = {engine: art.metadata["tuning"] for engine, art in
+                      (("mcc_fp32", fp32_art), ("mcc_int8", int8_art), ("mcc_int8w7", w7_art))}
     info["int8_integer_units"] = meta["integer_units"]
     info["int8_float_ops"] = meta["float_ops"]
     info["target"] = meta["target"]
@@ -237,6 +250,12 @@ def prepare(name: str, args, workdir: Path) -> dict:
 
         gpu["torch_cuda"] = torch_cuda_run
 
+    untuned = {}
+    if args.untuned:
+        for engine, g, spec in (("mcc_int8_hand", int8_graph, "fold-bn,quantize"),
+                                ("mcc_int8w7_hand", w7_graph, "fold-bn,quantize{weights=int7}")):
+            art = mcc_tvm.compile(g, "x86", tuning=False, pipeline=spec, name=name)
+            untuned[engine] = lambda a, art=art: art(a)[0]
     run = {
         "torch": torch_run,
         "ort_fp32": lambda a: sessions["ort_fp32"].run(None, {"x": a})[0],
@@ -244,6 +263,7 @@ def prepare(name: str, args, workdir: Path) -> dict:
         "mcc_fp32": lambda a: fp32_art(a)[0],
         "mcc_int8": lambda a: int8_art(a)[0],
         "mcc_int8w7": lambda a: w7_art(a)[0],
+        **untuned,
         **gpu,
     }
 
@@ -431,7 +451,7 @@ def main(argv=None) -> dict:
     rows, profiles = [], {}
     no_gpu = cuda_unavailable()
     args.cuda = no_gpu is None
-    engines = ENGINES + (CUDA_ENGINES if args.cuda else ())
+    engines = ENGINES + (UNTUNED_ENGINES if args.untuned else ()) + (CUDA_ENGINES if args.cuda else ())
     if no_gpu:
         log(f"GPU engines ({', '.join(CUDA_ENGINES)}) left out: {no_gpu}")
     load_before = os.getloadavg()
@@ -490,6 +510,13 @@ def main(argv=None) -> dict:
         targets[f"{r['model']}_fp32_within_1.2x_of_ort_fp32"] = {"value": v, "met": v <= 1.2}
     print("targets: " + "; ".join(f"{k} {t['value']:.2f} {'met' if t['met'] else 'MISSED'}"
                                   for k, t in targets.items()))
+    for r in rows:
+        used = {e: t for e, t in r["tuning"].items() if t}
+        if used:
+            print(f"tuning {r['model']}: " + ", ".join(
+                f"{LABELS[e]} {t['applied']} kernel(s) from {Path(t['database']).name} "
+                f"({t['searched']} searched)"
+                for e, t in used.items()))
 
     results = {"machine": mach, "threads": args.threads, "rounds": args.repeat,
                "gpu": torch.cuda.get_device_name() if args.cuda else f"none: {no_gpu}",

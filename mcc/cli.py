@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(p)
     p.add_argument("--tuning", metavar="DB",
                    help="a tuning database (mcc tune) whose records for this target replace the "
-                        "default kernel schedules")
+                        "default kernel schedules (default: the database mcc ships for this CPU, "
+                        "if any; 'none': mcc's hand-written schedules only)")
     _backend_args(p)
     _report_args(p)
     p.set_defaults(run=cmd_compile)
@@ -271,11 +272,11 @@ def cmd_compile(args) -> int:
     target = mcc_tvm.resolve(args.target)
     target.export_options()  # an ARM target's cross compiler must be there
     output = _check_artifact_output(args.output)
-    _check_tuning_database(args.tuning)
+    tuning = _tuning_database(args.tuning)
     _require_calibration(pipeline, args.calib)
     evaluator = _evaluator(args.eval)
     result = _compress_model(args, pipeline, evaluator)
-    artifact = mcc_tvm.compile(result.graph, target, tuning=args.tuning,
+    artifact = mcc_tvm.compile(result.graph, target, tuning=tuning,
                                requantize=args.requantize, allow_float=args.allow_float,
                                pipeline=str(pipeline), name=_model_name(args.model))
     compiled = compiled_stats(artifact, result.graph, evaluator, latency=not args.no_latency)
@@ -371,7 +372,7 @@ def cmd_tune(args) -> int:
     rows = [("kernel", "default", "tuned", "")]
     for entry in summary["kernels"]:
         default, tuned = entry["default_seconds"], entry["tuned_seconds"]
-        verdict = "recorded" if tuned is not None and tuned < default else "default kept"
+        verdict = "recorded" if entry["recorded"] else "default kept"
         rows.append((labels.get(entry["kernel"], entry["kernel"]), f"{default * 1e6:.3g} us",
                      "-" if tuned is None else f"{tuned * 1e6:.3g} us", verdict))
     if len(rows) > 1:
@@ -542,14 +543,19 @@ def _farm(args):
     return farm
 
 
-def _check_tuning_database(path: str | None) -> None:
+def _tuning_database(path: str | None) -> str | None | bool:
+    """--tuning as compile takes it: None (mcc's shipped database), False ('none') or a path
+    that must exist."""
     from pathlib import Path
 
     from mcc.errors import BackendError
 
+    if path == "none":
+        return False
     if path is not None and not Path(path).is_file():
         raise BackendError(f"tuning database {path!r} does not exist; create one with mcc tune "
                            "MODEL -p PIPELINE -o PATH, or compile without --tuning")
+    return path
 
 
 def _model_name(spec: str) -> str:

@@ -131,7 +131,8 @@ def test_tune_writes_a_database_that_compile_reads(factory, capsys, monkeypatch)
         tunable = [w for w in workloads if isinstance(w, tuning.TUNABLE)]
         tuning.Database(database, target).save(database)
         return {"tuned": len(tunable), "improved": 0, "already": 0, "database": str(database),
-                "kernels": [{"kernel": repr(w), "default_seconds": 2e-5, "tuned_seconds": 3e-5}
+                "kernels": [{"kernel": repr(w), "default_seconds": 2e-5, "tuned_seconds": 3e-5,
+                             "recorded": False}
                             for w in tunable]}
 
     monkeypatch.setattr(tuning, "tune", fake_tune)
@@ -150,6 +151,22 @@ def test_tune_writes_a_database_that_compile_reads(factory, capsys, monkeypatch)
     out = capsys.readouterr().out
     assert "tuning: small.db: 0 kernel(s) from 0 record(s)" in out
     assert load(factory / "tuned").metadata["tuning"]["records"] == 0
+
+    # Without --tuning the database mcc ships for this CPU applies (a TopHub of its own);
+    # --tuning none keeps every hand-written schedule.
+    shipped = tuning.shipped(mcc.backends.tvm.resolve("x86"))
+    assert main(["compile", "cnnmodels:small", "-p", "fold-bn", "-o", "default", "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    meta = load(factory / "default").metadata["tuning"]
+    if shipped is None:
+        assert meta is None and "tuning:" not in out
+    else:
+        assert meta["shipped"] and meta["database"] == str(shipped)
+        assert f"tuning: mcc's {shipped.name}: " in out
+    assert main(["compile", "cnnmodels:small", "-p", "fold-bn", "--tuning", "none", "-o", "plain",
+                 "--no-latency"]) == 0
+    assert "tuning:" not in capsys.readouterr().out
+    assert load(factory / "plain").metadata["tuning"] is None
 
 
 def test_allow_float_runs_weight_only_layers_in_float(factory, capsys):

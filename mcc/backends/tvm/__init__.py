@@ -34,7 +34,7 @@ __all__ = ["compile", "Artifact", "resolve", "CpuTarget", "ArmTarget", "CudaTarg
 
 
 def compile(graph: Graph, target: str | dict | CpuTarget | ArmTarget | CudaTarget = "x86", *,
-            tuning: str | os.PathLike | None = None, requantize: str = "scale",
+            tuning: str | os.PathLike | None | bool = None, requantize: str = "scale",
             allow_float: bool = False, pipeline: str | None = None,
             name: str | None = None) -> Artifact:
     """Compile ``graph`` for ``target`` and return the runnable :class:`Artifact`.
@@ -42,7 +42,9 @@ def compile(graph: Graph, target: str | dict | CpuTarget | ArmTarget | CudaTarge
     A float graph runs mcc's float kernels; a quantized graph (``quantize`` pass, calibrated)
     runs its Conv/Linear units, residual adds and pooling as integer kernels. ``tuning`` is a
     tuning database (see :mod:`~mcc.backends.tvm.tuning`): its records for this target replace
-    the default schedules, nothing is tuned here. ``requantize`` chooses the integer epilogue:
+    the default schedules, nothing is tuned here. Without one, the database mcc ships for this
+    CPU applies (``mcc/data/tuning``: the demo's and benchmarks' kernels), if it ships one;
+    ``tuning=False`` keeps every hand-written schedule. ``requantize`` chooses the integer epilogue:
     ``scale`` (float multiply, round half to even like the fake-quant graph) or ``fixed``
     (int32 multiplier and shift, integer only). ``allow_float`` lets a quantized layer that has
     no integer kernel (log2 or asymmetric weights, Conv1d) run in float instead of failing; the
@@ -62,7 +64,7 @@ def compile(graph: Graph, target: str | dict | CpuTarget | ArmTarget | CudaTarge
     if resolved.kind == "cuda":
         from mcc.backends.tvm import cuda, cuda_schedules
 
-        if tuning is not None:
+        if tuning not in (None, False):
             raise BackendError("tuning databases hold CPU schedules; CUDA kernels use mcc's GPU "
                                "schedules: compile for CUDA without a tuning database")
         schedule, summary, builder = cuda_schedules.kernel, None, cuda.build

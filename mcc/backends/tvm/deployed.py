@@ -6,6 +6,8 @@ accuracy computed from its own outputs), since that, not the fake-quant graph, i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -92,8 +94,10 @@ def compiled_table(artifact, stats: dict) -> str:
         lines.append(f"  float ops: {shown}")
     if meta["tuning"]:
         t = meta["tuning"]
-        lines.append(f"  tuning: {t['database']}: {t['applied']} kernel(s) from {t['records']} "
-                     f"record(s) for this target" + (f", {t['failed']} stale" if t["failed"] else ""))
+        source = f"mcc's {Path(t['database']).name}" if t.get("shipped") else t["database"]
+        lines.append(f"  tuning: {source}: {t['applied']} kernel(s) from {t['records']} "
+                     f"record(s) for this target, {t.get('searched', 0)} with a searched schedule"
+                     + (f", {t['failed']} stale" if t["failed"] else ""))
     if stats.get("not_run"):
         lines.append(f"  {stats['not_run']}")
     if stats["latency_ms"] is not None:

@@ -311,16 +311,29 @@ def activation_offset(w) -> int:
     return 0
 
 
-def _intrinsic(w) -> str | None:
-    """The tensor intrinsic a workload's inner 16 lanes × reduce_group bytes map to."""
+def _intrinsic(w, scope: str = "local") -> str | None:
+    """The tensor intrinsic a workload's inner 16 lanes × reduce_group bytes map to, with the
+    accumulators in registers (``local``, the hand-written schedules) or in memory
+    (``global``, what meta_schedule's search tiles around)."""
     g = w.reduce_group
+    local = scope == "local"
     if g == 4:
         if w.isa == "dotprod":
-            return intrinsics.SDOT_16X4_LOCAL
-        return intrinsics.VNNI_16X4_LOCAL if w.vnni else intrinsics.MADDUBSW_16X4[(w.isa, "local")]
+            return intrinsics.SDOT_16X4_LOCAL if local else intrinsics.SDOT_16X4
+        if w.vnni:
+            return intrinsics.VNNI_16X4_LOCAL if local else intrinsics.VNNI_16X4
+        return intrinsics.MADDUBSW_16X4[(w.isa, scope)]
     if g == 2:
-        return intrinsics.PMADDWD_16X2[(w.isa, "local")]
+        return intrinsics.PMADDWD_16X2[(w.isa, scope)]
     return None
+
+
+def search_intrinsic(w) -> str | None:
+    """The intrinsic meta_schedule may tensorize a kernel with (see :mod:`.tuning`): the
+    hand-written kernel's, for CPU int8 conv and dense; None for the others."""
+    if not isinstance(w, (Conv2d, Dense)) or w.isa == "cuda":
+        return None
+    return _intrinsic(w, "global")
 
 
 # ---- compute definitions -----------------------------------------------------------------

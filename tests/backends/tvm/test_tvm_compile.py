@@ -28,7 +28,7 @@ from torch.nn import functional as F
 import mcc
 from mcc.backends import tvm as mcc_tvm
 from mcc.backends.tvm import kernels as K
-from mcc.backends.tvm import lower
+from mcc.backends.tvm import lower, tuning
 from mcc.errors import BackendError, ExportError, MccError, TargetError
 from mcc.quant import structure as st
 from mcc.runtime import load
@@ -312,7 +312,12 @@ def test_save_load_round_trip_and_metadata(fashion_int8, tmp_path):
     assert meta["versions"]["mcc"] == mcc.__version__ and meta["versions"]["tvm"] == tvm.__version__
     assert meta["versions"]["tvm_ffi"]
     assert meta["pipeline"] == "fold-bn,quantize" and meta["name"] == "fashion-cnn"
-    assert meta["tuning"] is None
+    shipped = tuning.shipped(target)  # compile's default: mcc's database for this CPU, if any
+    if shipped is None:
+        assert meta["tuning"] is None
+    else:
+        assert meta["tuning"]["shipped"] and meta["tuning"]["database"] == str(shipped)
+        assert meta["tuning"]["hash"] == tuning.Database(shipped, target).digest()
     assert len(meta["constants"]["names"]) == len(artifact.constant_arrays)
     assert set(meta["files"]) == {"lib.so", "constants.params"}
 

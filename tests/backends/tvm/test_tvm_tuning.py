@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 from torch import nn
 from tvm import s_tir
 
 import mcc
 from mcc.backends import tvm as mcc_tvm
 from mcc.backends.tvm import kernels as K
-from mcc.backends.tvm import lower, tuning
+from mcc.backends.tvm import intrinsics, lower, tuning
 from mcc.backends.tvm.target import resolve
 from mcc.backends.tvm.tuning import Database, Record, TuningWarning, merge
 from mcc.errors import BackendError
@@ -167,18 +168,26 @@ def test_trace_json_keeps_integer_and_float_immediates():
 
 
 # ---- compile() with a record ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def small_int8_conv():
-    """A calibrated int8 16->32 3x3 convolution + ReLU, its one tunable kernel, and its untuned
-    artifact's outputs."""
+def int8_conv(calibration):
+    """A 16->32 3x3 convolution + ReLU quantized and calibrated on ``calibration``, and its one
+    tunable kernel."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()).eval()
     graph, _ = mcc.Pipeline.parse("quantize").run(mcc.trace(model, torch.randn(2, 16, 8, 8)))
-    mcc.calibrate(graph, [torch.randn(4, 16, 8, 8) for _ in range(2)])
+    mcc.calibrate(graph, calibration)
     lowered = lower.lower(graph, HOST, schedule=K.kernel)
     (work,) = [w for w in lowered.workloads if isinstance(w, tuning.TUNABLE)]
+    return graph, work
+
+
+@pytest.fixture(scope="module")
+def small_int8_conv():
+    """A calibrated int8 convolution, its one tunable kernel, and its untuned artifact's
+    outputs."""
+    torch.manual_seed(0)
+    graph, work = int8_conv([torch.randn(4, 16, 8, 8) for _ in range(2)])
     x = torch.randn(2, 16, 8, 8).numpy()
-    (untuned,) = mcc_tvm.compile(graph, "x86")(x)
+    (untuned,) = mcc_tvm.compile(graph, "x86", tuning=False)(x)
     return graph, work, x, untuned
 
 
@@ -205,8 +214,9 @@ def test_compile_applies_a_record_and_outputs_are_unchanged(small_int8_conv, tmp
         warnings.simplefilter("error", TuningWarning)
         tuned = mcc_tvm.compile(graph, "x86", tuning=path)
     summary = tuned.metadata["tuning"]
-    assert summary == {"database": str(path), "hash": Database(path, HOST).digest(), "records": 1,
-                       "applied": 1, "failed": 0}
+    assert summary == {"database": str(path), "shipped": False,
+                       "hash": Database(path, HOST).digest(), "records": 1, "applied": 1,
+                       "searched": 1, "failed": 0}
     np.testing.assert_array_equal(tuned(x)[0], untuned)  # integer kernels: bit for bit
 
 
@@ -219,7 +229,8 @@ def test_a_record_without_trace_keeps_the_hand_written_schedule(small_int8_conv,
     with warnings.catch_warnings():
         warnings.simplefilter("error", TuningWarning)
         artifact = mcc_tvm.compile(graph, "x86", tuning=path)
-    assert artifact.metadata["tuning"]["applied"] == 1 and artifact.metadata["tuning"]["failed"] == 0
+    summary = artifact.metadata["tuning"]
+    assert (summary["applied"], summary["searched"], summary["failed"]) == (1, 0, 0)
     np.testing.assert_array_equal(artifact(x)[0], untuned)
 
 
@@ -251,6 +262,91 @@ def test_a_stale_record_falls_back_to_the_default_schedule(small_int8_conv, tmp_
     assert any("no longer applies" in m for m in messages(caught))
     assert artifact.metadata["tuning"]["applied"] == 0 and artifact.metadata["tuning"]["failed"] == 1
     np.testing.assert_array_equal(artifact(x)[0], untuned)
+
+
+def test_a_record_serves_every_calibration_of_the_layer(small_int8_conv, tmp_path):
+    """Record keys leave out the constants calibration picks (zero points, code ranges): data
+    with another mean gives the input another zero point, hence another padding value and
+    another PrimFunc, but the same loops, which the recorded schedule still fits."""
+    graph, work, x, _ = small_int8_conv
+    torch.manual_seed(1)
+    other_graph, other = int8_conv([torch.randn(4, 16, 8, 8) * 2 + 1 for _ in range(2)])
+    assert other.pad_value != work.pad_value
+    assert tuning.workload_key(other) == tuning.workload_key(work)
+    assert not tvm_ffi.structural_equal(K.workload_func(other), K.workload_func(work))
+    path = write(tmp_path / "db.jsonl", Record(HOST.key(), tuning.workload_key(work), repr(work),
+                                               hand_tuned_trace(work), 1e-5, 2e-5, tvm.__version__))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TuningWarning)
+        tuned = mcc_tvm.compile(other_graph, "x86", tuning=path)
+    assert tuned.metadata["tuning"]["applied"] == 1
+    np.testing.assert_array_equal(tuned(x)[0], mcc_tvm.compile(other_graph, "x86", tuning=False)(x)[0])
+
+
+def test_compile_applies_the_shipped_database_unless_told_not_to(small_int8_conv, tmp_path,
+                                                                 monkeypatch):
+    graph, work, x, untuned = small_int8_conv
+    monkeypatch.setattr(tuning, "SHIPPED", tmp_path)
+    assert mcc_tvm.compile(graph, "x86").metadata["tuning"] is None  # none shipped for this CPU
+    shipped = write(tmp_path / f"{HOST.key()}.jsonl",
+                    Record(HOST.key(), tuning.workload_key(work), repr(work), hand_tuned_trace(work),
+                           1e-5, 2e-5, tvm.__version__))
+    artifact = mcc_tvm.compile(graph, "x86")
+    assert artifact.metadata["tuning"] == {"database": str(shipped), "shipped": True,
+                                           "hash": Database(shipped, HOST).digest(), "records": 1,
+                                           "applied": 1, "searched": 1, "failed": 0}
+    np.testing.assert_array_equal(artifact(x)[0], untuned)
+    assert mcc_tvm.compile(graph, "x86", tuning=False).metadata["tuning"] is None
+
+
+def test_shipped_databases_read_cleanly_and_cover_the_demo_and_benchmark_kernels():
+    """Every database mcc ships parses without a skipped line, for a CPU mcc knows, with this
+    TVM; its records name the kernel, and a record with a trace beat the hand-written time."""
+    files = sorted(tuning.SHIPPED.glob("*.jsonl"))
+    assert files, "mcc ships tuning databases (scripts/tune_shipped_databases.py)"
+    for path in files:
+        target = resolve(path.stem)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", TuningWarning)
+            db = Database(path, target)
+        assert len(db.records) >= 10
+        for r in db.records.values():
+            assert r.kernel.startswith(("Conv2d(", "Dense(")) and r.seconds > 0
+            if r.trace is not None:
+                assert r.seconds < r.default_seconds
+            else:
+                assert r.seconds == r.default_seconds
+
+
+@pytest.mark.parametrize("target,kind,intrinsic", [
+    ("haswell", "int8", intrinsics.PMADDWD_16X2[("avx2", "global")]),
+    ("haswell", "int7", intrinsics.MADDUBSW_16X4[("avx2", "global")]),
+    ("znver4", "int8", intrinsics.VNNI_16X4),
+    ("arm:cortex-a76", "int8", intrinsics.SDOT_16X4),
+    ("haswell", "float32", None),
+])
+def test_the_search_space_tensorizes_int8_kernels_with_their_instruction(target, kind, intrinsic):
+    """meta_schedule's candidates for an int8 kernel use the instruction mcc's hand-written
+    kernel uses (without it the search only finds LLVM's int32 multiply-adds): every design
+    of the space carries the intrinsic to tensorize with."""
+    from tvm.s_tir import meta_schedule as ms
+
+    resolved = resolve(target)
+    work = K.Conv2d(1, 32, 8, 8, 32, (3, 3), (1, 1), (1, 1, 1, 1), in_block=16,
+                    dtype="float32" if kind == "float32" else "int8", narrow=kind == "int7",
+                    epilogue=K.Epilogue("float") if kind == "float32" else
+                    K.Epilogue("scale", out_dtype="uint8"), **K.target_fields(resolved))
+    assert K.search_intrinsic(work) == intrinsic
+    context = ms.TuneContext(mod=tvm.IRModule({"main": K.workload_func(work)}),
+                             target=resolved.tvm(), space_generator=tuning._space(work),
+                             task_name="conv")
+    designs = context.generate_design_space()
+    assert designs
+    scripts = [design.mod.script() for design in designs]
+    if intrinsic is None:
+        assert not any("auto_tensorize" in text for text in scripts)
+    else:
+        assert all(f'"meta_schedule.auto_tensorize": "{intrinsic}"' in text for text in scripts)
 
 
 def test_cost_model_does_not_need_xgboost():
