@@ -95,9 +95,10 @@ def main(argv=None) -> int:
         for label, graph in graphs:
             lowered = lower.lower(graph, target, schedule=K.kernel)
             new = []
-            for work in lowered.workloads:
-                if isinstance(work, (K.Conv2d, K.Dense)) and tuning.workload_key(work) not in keys:
-                    keys.add(tuning.workload_key(work))
+            for work in lowered.workloads:  # counted once across models; tune() skips repeats
+                key = tuning.workload_key(work) if isinstance(work, (K.Conv2d, K.Dense)) else None
+                if key is not None and key not in keys:
+                    keys.add(key)
                     new.append(work)
             print(f"{label}: {len(new)} new kernels to tune", flush=True)
             todo.append((label, new))

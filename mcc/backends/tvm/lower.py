@@ -538,8 +538,7 @@ class Lowering(TorchFXImporter):
     def _codes_op(self, node: fx.Node, module, value: Value) -> Value | None:
         """Ops that keep the integer grid, run on the codes; None for any other op."""
         q = value.q
-        if isinstance(module, _IDENTITY_MODULES) or node.target in _IDENTITY_FUNCTIONS or \
-                (node.op == "call_method" and node.target == "contiguous"):
+        if _is_identity(node, module):
             return value
         if st.activation_bounds(self.gm, node, node.args[0]) == (0.0, math.inf):
             zero = relax.const(np.uint8(q.zero_point))
@@ -571,11 +570,7 @@ class Lowering(TorchFXImporter):
             module = self.named_modules.get(user.target) if user.op == "call_module" else None
             if isinstance(module, FakeQuantize):
                 return QParams.of(module) if _is_activation_quantizer(module) else None
-            passes = isinstance(module, _IDENTITY_MODULES) or user.target in _IDENTITY_FUNCTIONS \
-                or (user.op == "call_function" and user.target is torch.flatten) \
-                or isinstance(module, nn.Flatten) \
-                or (user.op == "call_method" and user.target in (*_FLATTEN_METHODS, "contiguous"))
-            if not passes:
+            if not (_is_identity(user, module) or _is_flatten(user, module)):
                 return None
             cur = user
         return None
@@ -606,11 +601,10 @@ class Lowering(TorchFXImporter):
     def _flatten_value(self, node: fx.Node, value: Value) -> Value | None:
         """flatten/view/reshape to ``[N, features]``: free for ``[N, C, 1, 1]`` blocked values
         (the padded channels become padded columns)."""
-        is_flatten = (node.op == "call_function" and node.target is torch.flatten) or \
-            (node.op == "call_module" and isinstance(self.named_modules[node.target], nn.Flatten)) or \
-            (node.op == "call_method" and node.target in _FLATTEN_METHODS)
+        module = self.named_modules[node.target] if node.op == "call_module" else None
         info = self.graph.info(node)
-        if not is_flatten or info is None or not hasattr(info, "shape") or len(info.shape) != 2:
+        if not _is_flatten(node, module) or info is None or not hasattr(info, "shape") or \
+                len(info.shape) != 2:
             return None
         if value.layout == "blocked" and value.block == BLOCK and value.shape[2:4] == (1, 1):
             n, cb = value.shape[:2]
@@ -653,8 +647,7 @@ class Lowering(TorchFXImporter):
 
     # ---- float ops that keep the blocked layout ---------------------------------------------
     def _layout_op(self, node: fx.Node, module, value: Value) -> Value | None:
-        if isinstance(module, _IDENTITY_MODULES) or node.target in _IDENTITY_FUNCTIONS or \
-                (node.op == "call_method" and node.target == "contiguous"):
+        if _is_identity(node, module):
             return value
         bounds = st.activation_bounds(self.gm, node, node.args[0])
         if bounds is not None:
@@ -955,6 +948,19 @@ def _clamp(expr, bounds):
     if hi != math.inf:
         expr = R.minimum(expr, relax.const(np.float32(hi)))
     return expr
+
+
+def _is_identity(node: fx.Node, module) -> bool:
+    """Ops that pass their input through unchanged at inference: dropout, identity, contiguous."""
+    return isinstance(module, _IDENTITY_MODULES) or node.target in _IDENTITY_FUNCTIONS or \
+        (node.op == "call_method" and node.target == "contiguous")
+
+
+def _is_flatten(node: fx.Node, module) -> bool:
+    """flatten/view/reshape, as a function, a module or a method (whatever the target shape)."""
+    return (node.op == "call_function" and node.target is torch.flatten) or \
+        isinstance(module, nn.Flatten) or \
+        (node.op == "call_method" and node.target in _FLATTEN_METHODS)
 
 
 def _is_activation_quantizer(fq: FakeQuantize) -> bool:

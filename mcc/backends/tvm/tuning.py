@@ -427,11 +427,14 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
     devices = farm.devices() if farm is not None else 0  # fail before anything is measured
     db = Database(database, target)
     todo, seen = [], set()
-    for work in workloads:
-        if not isinstance(work, TUNABLE) or work in seen:
+    for work in workloads:  # once per record key: layers differing only in zero points share one
+        if not isinstance(work, TUNABLE):
             continue
-        seen.add(work)
-        if db.get(work, target) is None:
+        key = workload_key(work)
+        if key in seen:
+            continue
+        seen.add(key)
+        if (target.key(), key) not in db.records:
             todo.append(work)
     results = []
     show = sys.stderr.isatty() if progress is None else progress
