@@ -148,6 +148,12 @@ class Farm:
                                f"cannot be reached from here ({e}); start its rpc_server with "
                                "--custom-addr set to an address this machine reaches") from None
 
+    def wait_for_a_device(self) -> None:
+        """Return once the tracker hands out a device of the key, without keeping it; a
+        BackendError when none is free within the timeout. Tuning asks before it builds
+        anything, so a farm whose devices are all busy fails in seconds, not after a search."""
+        self.session()  # dropped at once: its server registers as free again
+
     # ---- measuring -------------------------------------------------------------------------
     def seconds(self, lib, arrays, options: dict, repeat: int = 10) -> float:
         """The fastest of ``repeat`` runs of the built kernel ``lib`` ("main") on ``arrays``,

@@ -424,7 +424,10 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
         raise TargetError(f"tuning measures every candidate on this machine ({host_arch()}), "
                           f"which cannot run {target.arch} code for {target.name}: tune on an "
                           f"{target.arch} machine, or on a farm of them with --rpc")
-    devices = farm.devices() if farm is not None else 0  # fail before anything is measured
+    devices = 0
+    if farm is not None:  # fail before anything is built: no device registered, or none free
+        devices = farm.devices()
+        farm.wait_for_a_device()
     db = Database(database, target)
     todo, seen = [], set()
     for work in workloads:  # once per record key: layers differing only in zero points share one
