@@ -2,7 +2,8 @@
 
 * float artifacts of ResNet-18, MobileNetV2 and the reference CNN match PyTorch;
 * int8 artifacts match the fake-quant graph: every quantized tensor layer by layer, the labels
-  end to end, and the reference CNN's accuracy on Fashion-MNIST;
+  end to end, and the accuracy on Fashion-MNIST of the reference CNN and of ResNet-18 and
+  MobileNetV2 trained on it here (at 32x32);
 * artifacts save, load back with :func:`mcc.runtime.load` and give identical outputs; what is
   not a loadable artifact is refused with a :class:`~mcc.errors.BackendError`.
 
@@ -239,7 +240,8 @@ def test_int8_torchvision_artifact_matches_the_fake_quant_graph(name):
     # float model on only 75% (ResNet-18) and 25% (MobileNetV2) of these inputs, and the rare
     # one-code differences above grow through the blocks into different labels. Measured:
     # ResNet-18 90.6%, MobileNetV2 68.8% (28-50% before biases were quantized on the int32
-    # grid). The trained EfficientNet-Lite0 below is the end-to-end check that means something.
+    # grid). The same architectures trained on Fashion-MNIST (below) are the end-to-end check
+    # that means something: 99.95% and 99.83%.
     with torch.no_grad():
         fake = graph(x).numpy()
         float_ = model(x).numpy()
@@ -249,6 +251,65 @@ def test_int8_torchvision_artifact_matches_the_fake_quant_graph(name):
           f"{100 * (fake.argmax(1) == float_.argmax(1)).mean():.1f}%); logits rel. err. "
           f"{rel_err(logits, fake):.4f} (fake-quant vs float {rel_err(fake, float_):.3f})")
     assert agreement >= PLAIN_AGREEMENT[name]
+
+
+# ---- int8: ResNet-18 and MobileNetV2 trained on Fashion-MNIST -----------------------------------
+FASHION_RGB = 32  # Fashion-MNIST upsampled to 32x32 and repeated into 3 channels
+TRAIN_STEPS, TRAIN_BATCH = 200, 64
+
+
+def fashion_rgb(images: torch.Tensor) -> torch.Tensor:
+    x = F.interpolate(images, size=FASHION_RGB, mode="bilinear", align_corners=False)
+    return x.expand(-1, 3, -1, -1).contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def fashion_trained(name: str) -> nn.Module:
+    """torchvision's ``name`` with 10 classes, trained on Fashion-MNIST for 200 steps of 64
+    images (AdamW, one-cycle; 1-2 min on 2 cores; 80-90% test accuracy). No ImageNet weights
+    for these install offline, and random weights decide labels by margins far below a code:
+    a trained network is where top-1 agreement measures the artifact."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    images, labels = fashion_mnist("train").tensors
+    optimizer = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 4e-3, total_steps=TRAIN_STEPS)
+    model.train()
+    for _ in range(TRAIN_STEPS):
+        batch = torch.randint(0, len(images), (TRAIN_BATCH,))
+        loss = F.cross_entropy(model(fashion_rgb(images[batch])), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_int8_trained_torchvision_artifact_agrees_on_fashion_mnist(name):
+    """The issue's end-to-end bar on trained ResNet-18 and MobileNetV2: the int8 artifact gives
+    the fake-quant graph's label on >= 99% of the 10,000 test images, and its accuracy is within
+    0.2 points of the fake-quant graph's (on 2,000 images a 0.2-point gap is 4 of them)."""
+    model = fashion_trained(name)
+    images, labels = fashion_mnist("test").tensors
+    images = fashion_rgb(images)
+    graph = run_pipeline(model, images[:FASHION_BATCH], "fold-bn,quantize")
+    train = fashion_rgb(fashion_mnist("train").tensors[0][:1024])
+    mcc.calibrate(graph, list(torch.split(train, 32)))
+    artifact = mcc_tvm.compile(graph, "x86")
+    assert artifact.metadata["float_ops"] == []
+    with torch.no_grad():
+        fake = batched(lambda x: graph(x).numpy(), images)
+        float_ = batched(lambda x: model(x).numpy(), images)
+    got = batched(lambda x: artifact(x.numpy())[0], images)
+    agreement = (got.argmax(1) == fake.argmax(1)).mean()
+    accuracy, fake_accuracy, float_accuracy = (100 * (y.argmax(1) == labels.numpy()).mean()
+                                               for y in (got, fake, float_))
+    print(f"{name}: top-1 agreement with fake-quant {100 * agreement:.2f}%, accuracy "
+          f"{accuracy:.2f}% (fake-quant {fake_accuracy:.2f}%, float {float_accuracy:.2f}%)")
+    assert agreement >= 0.99
+    assert abs(accuracy - fake_accuracy) <= 0.2
+    assert float_accuracy >= 75.0  # trained: labels decided by margins
 
 
 def test_int8_efficientnet_lite0_agrees_with_the_fake_quant_graph():
