@@ -155,10 +155,14 @@ def _pixel_tile(width: int, at_most: int) -> int:
 
 def _register_tile(w, blocks: int) -> tuple[int, int]:
     """(pixels, channel blocks): 8 × 2 blocks of 16 = 16 zmm accumulators with AVX-512;
-    6 × 1 block = 12 ymm with AVX2, which has 16 registers, or 24 q registers of NEON's 32."""
-    if w.isa in _NARROW:
-        return _pixel_tile(w.out_hw[1], 6), 1
-    return _pixel_tile(w.out_hw[1], 8), 2 if blocks % 2 == 0 else 1
+    6 × 1 block = 12 ymm with AVX2, which has 16 registers, or 24 q registers of NEON's 32.
+    A tile stays within one output row, so a row whose width the tile does not divide
+    computes extra columns, or takes a smaller tile; tiles of a ``flat_pixels`` convolution
+    cross row ends and keep the full size."""
+    pixels, tile_c = (6, 1) if w.isa in _NARROW else (8, 2 if blocks % 2 == 0 else 1)
+    if getattr(w, "flat_pixels", False):
+        return min(pixels, w.height * w.width), tile_c
+    return _pixel_tile(w.out_hw[1], pixels), tile_c
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,15 @@ class Conv2d:
         oh, ow = self.out_hw
         return (self.batch * self.out_channels * oh * ow * self.kernel[0] * self.kernel[1]
                 * self.in_channels // self.groups)
+
+    @property
+    def flat_pixels(self) -> bool:
+        """A float 1×1, stride-1, unpadded CPU convolution: a GEMM whose register tiles run
+        over the image's pixels in memory order, across row ends (see
+        :func:`_flat_conv2d_compute`)."""
+        return (self.dtype == "float32" and self.kernel == (1, 1) and self.stride == (1, 1)
+                and self.dilation == (1, 1) and not any(self.padding) and self.groups == 1
+                and self.isa != "cuda")
 
     @property
     def register_tile(self) -> tuple[int, int]:
@@ -396,6 +409,8 @@ def _tile_width(w) -> tuple[int, tuple[int, int, int, int]]:
 
 def conv2d_compute(w: Conv2d):
     """Placeholders and output of ``w``."""
+    if w.flat_pixels:
+        return _flat_conv2d_compute(w)
     pad_value = w.pad_value
     acc_t, in_t = _acc_type(w.dtype), _in_type(w.dtype)
     ib = w.in_block
@@ -433,19 +448,54 @@ def conv2d_compute(w: Conv2d):
                 pad[n, in_block(oc), y * sh + rkh * dh, x * sw + rkw * dw, ri].astype(acc_t)
                 * weight[oc, ric, rkh, rkw, ri, ob].astype(acc_t),
                 axis=[ric, rkh, rkw, ri]), name="conv")
+    return _conv2d_output(w, [data, weight, *consts], consts, lambda n, oc, y, x, ob: acc[n, oc, y, x, ob])
+
+
+def _conv2d_output(w: Conv2d, args: list, consts: list, acc) -> list:
+    """``args`` (data, weight, constants), the residual input if the epilogue adds one, and the
+    output stage ``out``, which applies the epilogue to ``acc(n, oc, y, x, ob)``."""
+    oh, ow = w.out_hw
     out_shape = (w.batch, w.out_channels // BLOCK, oh, ow, BLOCK)
-    args = [data, weight, *consts]
     residual = None
     if w.epilogue.residual:
         residual = te.placeholder(out_shape, "float32", name="residual")
-        args.append(residual)
+        args = [*args, residual]
     out = te.compute(
         out_shape,
         lambda n, oc, y, x, ob: w.epilogue.apply(
-            acc[n, oc, y, x, ob], oc * BLOCK + ob, consts,
+            acc(n, oc, y, x, ob), oc * BLOCK + ob, consts,
             residual[n, oc, y, x, ob] if residual is not None else None),
         name="out")
     return args + [out]
+
+
+def _flat_conv2d_compute(w: Conv2d):
+    """A ``flat_pixels`` convolution: the accumulators ``conv`` are ``[N, OCp/16, P, 16]`` over
+    the ``H·W`` pixels in memory order, rounded up to ``P``, a multiple of the register tile;
+    the extra pixels read the last one again (their sums are never stored). Row-sized tiles
+    waste or shrink where the tile does not divide the width: ResNet-50's 7- and 28-pixel rows
+    took 4-pixel tiles, 8 accumulators, too few to hide the multiply-add latency."""
+    ib = w.in_block
+    h, width = w.height, w.width
+    data = te.placeholder((w.batch, w.in_channels // ib, h, width, ib), "float32", name="data")
+    weight = te.placeholder(w.weight_shape(), "float32", name="weight")
+    consts = w.epilogue.inputs(w.out_channels)
+    pixels = h * width
+    tile = w.register_tile[0]
+    padded = -(-pixels // tile) * tile
+    ric = te.reduce_axis((0, w.in_channels // ib), name="ic_outer")
+    ri = te.reduce_axis((0, ib), name="ic_inner")
+
+    def read(n, ic, p, i):
+        q = tirx.min(p, pixels - 1) if padded > pixels else p
+        return data[n, ic, q // width, q % width, i]
+
+    acc = te.compute(
+        (w.batch, w.out_channels // BLOCK, padded, BLOCK),
+        lambda n, oc, p, ob: te.sum(read(n, ric, p, ri) * weight[oc, ric, 0, 0, ri, ob],
+                                    axis=[ric, ri]), name="conv")
+    return _conv2d_output(w, [data, weight, *consts], consts,
+                          lambda n, oc, y, x, ob: acc[n, oc, y * width + x, ob])
 
 
 def depthwise_compute(w: Depthwise2d):
@@ -570,10 +620,21 @@ def _schedule_tile(sch: Schedule, pixels, channels, reduction, tile_n: int, intr
 
 
 def schedule_conv2d(w: Conv2d, func: tvm.tirx.PrimFunc) -> Schedule:
-    """Register tile: ``tile`` pixels of one output row × ``tile_c`` blocks of 16 channels."""
+    """Register tile: ``tile`` pixels of one output row (consecutive pixels for
+    ``flat_pixels``) × ``tile_c`` blocks of 16 channels."""
     sch = Schedule(func)
-    _schedule_pad(sch)
     reg_n, tile_c = w.register_tile
+    if w.flat_pixels:
+        # The epilogue iterates over the flat pixel index too, so that it can run per tile.
+        sch.transform_block_layout(sch.get_sblock("out"),
+                                   lambda n, c, y, x, b: (n, c, y * w.width + x, b))
+        n, c, p, b, *reduction = sch.get_loops(sch.get_sblock("conv"))
+        if tile_c > 1:
+            sch.reorder(n, p, c)
+        _schedule_tile(sch, [n, c, p] if tile_c == 1 else [n, p], b, reduction, reg_n, None,
+                       blocks=c if tile_c > 1 else None, tile_c=tile_c)
+        return sch
+    _schedule_pad(sch)
     intrin = _intrinsic(w)
     n, c, y, x, b, *reduction = sch.get_loops(sch.get_sblock("conv"))
     if tile_c > 1:
