@@ -629,8 +629,6 @@ def schedule_conv2d(w: Conv2d, func: tvm.tirx.PrimFunc) -> Schedule:
         sch.transform_block_layout(sch.get_sblock("out"),
                                    lambda n, c, y, x, b: (n, c, y * w.width + x, b))
         n, c, p, b, *reduction = sch.get_loops(sch.get_sblock("conv"))
-        if tile_c > 1:
-            sch.reorder(n, p, c)
         _schedule_tile(sch, [n, c, p] if tile_c == 1 else [n, p], b, reduction, reg_n, None,
                        blocks=c if tile_c > 1 else None, tile_c=tile_c)
         return sch
@@ -638,7 +636,6 @@ def schedule_conv2d(w: Conv2d, func: tvm.tirx.PrimFunc) -> Schedule:
     intrin = _intrinsic(w)
     n, c, y, x, b, *reduction = sch.get_loops(sch.get_sblock("conv"))
     if tile_c > 1:
-        sch.reorder(n, y, c)
         _schedule_tile(sch, [n, y, x], b, reduction, reg_n, intrin, blocks=c, tile_c=tile_c)
     else:
         _schedule_tile(sch, [n, c, y, x], b, reduction, reg_n, intrin)

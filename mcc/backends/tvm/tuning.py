@@ -438,10 +438,10 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
             continue
         seen.add(key)
         if (target.key(), key) not in db.records:
-            todo.append(work)
+            todo.append((key, work))
     results = []
     show = sys.stderr.isatty() if progress is None else progress
-    for work in tqdm(todo, desc="tuning kernels", unit="kernel", disable=not show):
+    for key, work in tqdm(todo, desc="tuning kernels", unit="kernel", disable=not show):
         with tempfile.TemporaryDirectory() as tmp:
             # Generous timeouts: on a loaded 2-core machine a build worker's start-up alone can
             # exceed meta_schedule's default 30 s, and every candidate then "fails to build".
@@ -467,8 +467,7 @@ def tune(workloads, target: CpuTarget, database: str | os.PathLike, *, trials: i
         if tuned is not None and tuned < default * (1 - MARGIN):
             trace, seconds = _encode(sch.trace.as_json()), tuned
         entry["recorded"] = trace is not None
-        db.add(Record(target.key(), workload_key(work), repr(work), trace, seconds, default,
-                      tvm.__version__))
+        db.add(Record(target.key(), key, repr(work), trace, seconds, default, tvm.__version__))
         results.append(entry)
         db.save(database)
     db.save(database)
