@@ -156,12 +156,14 @@ def _pixel_tile(width: int, at_most: int) -> int:
 def _register_tile(w, blocks: int) -> tuple[int, int]:
     """(pixels, channel blocks): 8 × 2 blocks of 16 = 16 zmm accumulators with AVX-512;
     6 × 1 block = 12 ymm with AVX2, which has 16 registers, or 24 q registers of NEON's 32.
-    A tile stays within one output row, so a row whose width the tile does not divide
-    computes extra columns, or takes a smaller tile; tiles of a ``flat_pixels`` convolution
-    cross row ends and keep the full size."""
+    Tiles of a ``flat_pixels`` convolution cross row ends and keep the full size (unless the
+    image has fewer pixels); where a tile stays within one output row (CUDA, depthwise), a
+    row whose width the tile does not divide computes extra columns, or takes a smaller
+    tile."""
     pixels, tile_c = (6, 1) if w.isa in _NARROW else (8, 2 if blocks % 2 == 0 else 1)
     if getattr(w, "flat_pixels", False):
-        return min(pixels, w.height * w.width), tile_c
+        oh, ow = w.out_hw
+        return min(pixels, oh * ow), tile_c
     return _pixel_tile(w.out_hw[1], pixels), tile_c
 
 
@@ -207,12 +209,14 @@ class Conv2d:
 
     @property
     def flat_pixels(self) -> bool:
-        """A float 1×1, stride-1, unpadded CPU convolution: a GEMM whose register tiles run
-        over the image's pixels in memory order, across row ends (see
-        :func:`_flat_conv2d_compute`)."""
-        return (self.dtype == "float32" and self.kernel == (1, 1) and self.stride == (1, 1)
-                and self.dilation == (1, 1) and not any(self.padding) and self.groups == 1
-                and self.isa != "cuda")
+        """CPU convolutions' register tiles run over the output pixels in memory order,
+        across row ends (see :func:`conv2d_compute`), so that every tile has the full size.
+        Row-sized tiles waste or shrink where the tile does not divide the width: ResNet-50's
+        7-, 14-, 28- and 56-pixel rows took 4- or 5-pixel tiles, 8 or 10 accumulators, too
+        few to hide the multiply-add latency (flat tiles: ResNet-18's int8 convolutions 1.33×
+        faster, ResNet-50's float ones 1.1×, on one AVX2 core). CUDA kernels
+        (:mod:`.cuda_schedules`) keep row tiles: a thread computes pixels of one row."""
+        return self.isa != "cuda"
 
     @property
     def register_tile(self) -> tuple[int, int]:
@@ -408,19 +412,26 @@ def _tile_width(w) -> tuple[int, tuple[int, int, int, int]]:
 
 
 def conv2d_compute(w: Conv2d):
-    """Placeholders and output of ``w``."""
-    if w.flat_pixels:
-        return _flat_conv2d_compute(w)
-    pad_value = w.pad_value
+    """Placeholders and output of ``w``. The accumulators ``conv`` are, on CPUs
+    (``flat_pixels``), ``[N, OCp/16, P, 16]`` over the ``OH·OW`` output pixels in memory order,
+    rounded up to ``P``, a multiple of the register tile, the extra pixels reading the last
+    one's window again; for CUDA ``[N, OCp/16, OH, OWp, 16]``, each output row rounded up to
+    whole tiles (the extra columns read padding). Extra sums are never stored."""
     acc_t, in_t = _acc_type(w.dtype), _in_type(w.dtype)
     ib = w.in_block
     data = te.placeholder((w.batch, w.in_channels // ib, w.height, w.width, ib), in_t, name="data")
     weight = te.placeholder(w.weight_shape(), _weight_type(w), name="weight")
     consts = w.epilogue.inputs(w.out_channels)
     oh, ow = w.out_hw
-    owp, padding = _tile_width(w)
-    pad = _padded(data, padding, pad_value, _reduce_type(w))
     (kh, kw), (sh, sw), (dh, dw) = w.kernel, w.stride, w.dilation
+    if w.flat_pixels:
+        pixels = oh * ow
+        tile = w.register_tile[0]
+        padded = -(-pixels // tile) * tile
+        padding = w.padding
+    else:
+        owp, padding = _tile_width(w)
+    pad = _padded(data, padding, w.pad_value, _reduce_type(w))
     icb_group = w.in_channels // w.groups // ib  # input blocks per group
     ocb_group = w.out_channels // w.groups // BLOCK
     ric = te.reduce_axis((0, icb_group), name="ic_outer")
@@ -434,21 +445,33 @@ def conv2d_compute(w: Conv2d):
     if g > 1:
         rf = te.reduce_axis((0, ib // g), name="ic_f")
         rs = te.reduce_axis((0, g), name="ic_s")
-        acc = te.compute(
-            (w.batch, w.out_channels // BLOCK, oh, owp, BLOCK),
-            lambda n, oc, y, x, ob: te.sum(
-                _shifted(pad[n, in_block(oc), y * sh + rkh * dh, x * sw + rkw * dw, rf * g + rs], w)
+
+        def window(n, oc, y0, x0, ob):  # the sum over the window whose corner is (y0, x0)
+            return te.sum(
+                _shifted(pad[n, in_block(oc), y0 + rkh * dh, x0 + rkw * dw, rf * g + rs], w)
                 * weight[oc, ric, rkh, rkw, rf, ob, rs].astype(acc_t),
-                axis=[ric, rkh, rkw, rf, rs]), name="conv")
+                axis=[ric, rkh, rkw, rf, rs])
     else:
         ri = te.reduce_axis((0, ib), name="ic_inner")
-        acc = te.compute(
-            (w.batch, w.out_channels // BLOCK, oh, owp, BLOCK),
-            lambda n, oc, y, x, ob: te.sum(
-                pad[n, in_block(oc), y * sh + rkh * dh, x * sw + rkw * dw, ri].astype(acc_t)
+
+        def window(n, oc, y0, x0, ob):
+            return te.sum(
+                pad[n, in_block(oc), y0 + rkh * dh, x0 + rkw * dw, ri].astype(acc_t)
                 * weight[oc, ric, rkh, rkw, ri, ob].astype(acc_t),
-                axis=[ric, rkh, rkw, ri]), name="conv")
-    return _conv2d_output(w, [data, weight, *consts], consts, lambda n, oc, y, x, ob: acc[n, oc, y, x, ob])
+                axis=[ric, rkh, rkw, ri])
+
+    if w.flat_pixels:
+        def flat_window(n, oc, p, ob):
+            q = tirx.min(p, pixels - 1) if padded > pixels else p
+            return window(n, oc, q // ow * sh, q % ow * sw, ob)
+
+        acc = te.compute((w.batch, w.out_channels // BLOCK, padded, BLOCK), flat_window, name="conv")
+        at = lambda n, oc, y, x, ob: acc[n, oc, y * ow + x, ob]  # noqa: E731
+    else:
+        acc = te.compute((w.batch, w.out_channels // BLOCK, oh, owp, BLOCK),
+                         lambda n, oc, y, x, ob: window(n, oc, y * sh, x * sw, ob), name="conv")
+        at = lambda n, oc, y, x, ob: acc[n, oc, y, x, ob]  # noqa: E731
+    return _conv2d_output(w, [data, weight, *consts], consts, at)
 
 
 def _conv2d_output(w: Conv2d, args: list, consts: list, acc) -> list:
@@ -467,35 +490,6 @@ def _conv2d_output(w: Conv2d, args: list, consts: list, acc) -> list:
             residual[n, oc, y, x, ob] if residual is not None else None),
         name="out")
     return args + [out]
-
-
-def _flat_conv2d_compute(w: Conv2d):
-    """A ``flat_pixels`` convolution: the accumulators ``conv`` are ``[N, OCp/16, P, 16]`` over
-    the ``H·W`` pixels in memory order, rounded up to ``P``, a multiple of the register tile;
-    the extra pixels read the last one again (their sums are never stored). Row-sized tiles
-    waste or shrink where the tile does not divide the width: ResNet-50's 7- and 28-pixel rows
-    took 4-pixel tiles, 8 accumulators, too few to hide the multiply-add latency."""
-    ib = w.in_block
-    h, width = w.height, w.width
-    data = te.placeholder((w.batch, w.in_channels // ib, h, width, ib), "float32", name="data")
-    weight = te.placeholder(w.weight_shape(), "float32", name="weight")
-    consts = w.epilogue.inputs(w.out_channels)
-    pixels = h * width
-    tile = w.register_tile[0]
-    padded = -(-pixels // tile) * tile
-    ric = te.reduce_axis((0, w.in_channels // ib), name="ic_outer")
-    ri = te.reduce_axis((0, ib), name="ic_inner")
-
-    def read(n, ic, p, i):
-        q = tirx.min(p, pixels - 1) if padded > pixels else p
-        return data[n, ic, q // width, q % width, i]
-
-    acc = te.compute(
-        (w.batch, w.out_channels // BLOCK, padded, BLOCK),
-        lambda n, oc, p, ob: te.sum(read(n, ric, p, ri) * weight[oc, ric, 0, 0, ri, ob],
-                                    axis=[ric, ri]), name="conv")
-    return _conv2d_output(w, [data, weight, *consts], consts,
-                          lambda n, oc, y, x, ob: acc[n, oc, y * width + x, ob])
 
 
 def depthwise_compute(w: Depthwise2d):
@@ -620,25 +614,17 @@ def _schedule_tile(sch: Schedule, pixels, channels, reduction, tile_n: int, intr
 
 
 def schedule_conv2d(w: Conv2d, func: tvm.tirx.PrimFunc) -> Schedule:
-    """Register tile: ``tile`` pixels of one output row (consecutive pixels for
-    ``flat_pixels``) × ``tile_c`` blocks of 16 channels."""
+    """Register tile: ``tile`` consecutive output pixels (``flat_pixels``, across row ends) ×
+    ``tile_c`` blocks of 16 channels."""
     sch = Schedule(func)
     reg_n, tile_c = w.register_tile
-    if w.flat_pixels:
-        # The epilogue iterates over the flat pixel index too, so that it can run per tile.
-        sch.transform_block_layout(sch.get_sblock("out"),
-                                   lambda n, c, y, x, b: (n, c, y * w.width + x, b))
-        n, c, p, b, *reduction = sch.get_loops(sch.get_sblock("conv"))
-        _schedule_tile(sch, [n, c, p] if tile_c == 1 else [n, p], b, reduction, reg_n, None,
-                       blocks=c if tile_c > 1 else None, tile_c=tile_c)
-        return sch
     _schedule_pad(sch)
-    intrin = _intrinsic(w)
-    n, c, y, x, b, *reduction = sch.get_loops(sch.get_sblock("conv"))
-    if tile_c > 1:
-        _schedule_tile(sch, [n, y, x], b, reduction, reg_n, intrin, blocks=c, tile_c=tile_c)
-    else:
-        _schedule_tile(sch, [n, c, y, x], b, reduction, reg_n, intrin)
+    # The epilogue iterates over the flat pixel index too, so that it can run per tile.
+    sch.transform_block_layout(sch.get_sblock("out"),
+                               lambda n, c, y, x, b: (n, c, y * w.out_hw[1] + x, b))
+    n, c, p, b, *reduction = sch.get_loops(sch.get_sblock("conv"))
+    _schedule_tile(sch, [n, c, p] if tile_c == 1 else [n, p], b, reduction, reg_n, _intrinsic(w),
+                   blocks=c if tile_c > 1 else None, tile_c=tile_c)
     return sch
 
 

@@ -199,25 +199,27 @@ def test_float_conv_matches_torch_with_fused_residual():
 
 
 @pytest.mark.parametrize("isa", ["avx2", None])  # 6 pixels x 1 block; 8 x 2 blocks (AVX-512's)
-@pytest.mark.parametrize("batch,oc,h,w", [(2, 64, 7, 7), (1, 48, 5, 9), (1, 32, 2, 2), (1, 64, 4, 6)])
-def test_float_pointwise_conv_tiles_across_rows(isa, batch, oc, h, w):
-    """1x1 stride-1 float convolutions tile the pixels in memory order, across row ends; the
-    tail tile reads the last pixel again, and only the real pixels are stored."""
+@pytest.mark.parametrize("batch,oc,h,w,stride", [(2, 64, 7, 7, 1), (1, 48, 5, 9, 1), (1, 32, 2, 2, 1),
+                                                 (1, 64, 4, 6, 1), (2, 32, 13, 13, 2), (1, 64, 14, 9, 2)])
+def test_float_pointwise_conv_tiles_across_rows(isa, batch, oc, h, w, stride):
+    """1x1 float convolutions tile the output pixels in memory order, across row ends (a
+    strided one gathers every other input pixel); the tail tile reads the last pixel again,
+    and only the real pixels are stored."""
     torch.manual_seed(0)
     x, weight, b = torch.randn(batch, 24, h, w), torch.randn(oc, 24, 1, 1), torch.randn(oc)
-    res = torch.randn(batch, oc, h, w)
-    work = K.Conv2d(batch, 32, h, w, oc, (1, 1), in_block=16, isa=isa,
+    expected = F.conv2d(x, weight, b, stride=stride).clamp(0, 6)
+    res = torch.randn(expected.shape)
+    work = K.Conv2d(batch, 32, h, w, oc, (1, 1), (stride, stride), in_block=16, isa=isa,
                     epilogue=K.Epilogue("float", clamp=(0.0, 6.0), residual=True))
     assert work.flat_pixels
     tile = work.register_tile[0]
-    assert tile == min(6 if isa else 8, h * w)
+    assert tile == min(6 if isa else 8, expected.shape[2] * expected.shape[3])
     padded = np.zeros((oc, 32, 1, 1), np.float32)
     padded[:, :24] = weight.numpy()
     got = K.Compiled(work, HOST)(K.pack_activation(x.numpy(), 16, 32),
                                  K.pack_conv_weight(padded, work), b.numpy(),
                                  K.pack_activation(res.numpy(), 16))
-    expected = F.conv2d(x, weight, b).clamp(0, 6) + res
-    torch.testing.assert_close(torch.from_numpy(K.unpack_activation(got, oc)), expected,
+    torch.testing.assert_close(torch.from_numpy(K.unpack_activation(got, oc)), expected + res,
                                rtol=1e-5, atol=1e-5)
 
 
