@@ -1,7 +1,7 @@
 """Tune the kernels of the demo and benchmark models into the database mcc ships for this CPU.
 
     python scripts/tune_shipped_databases.py [--trials 32] [--models demo,resnet18,...]
-                                             [--kinds int8,int7,fp32] [--dry-run]
+                                             [--kinds int8,int7,fp32] [--dry-run] [--drop-stale]
 
 ``compile`` applies ``mcc/data/tuning/<cpu>.jsonl`` when no database is given (see
 :func:`mcc.backends.tvm.tuning.shipped`), so the demo, the benchmarks and CI reuse what this
@@ -16,6 +16,9 @@ kernel every time (2 minutes per kernel for nothing).
 
 The graphs are those of ``mcc demo`` and ``benchmarks/backend.py`` (the same seeds); record
 keys ignore the calibration's zero points, so other calibrations of these models match too.
+``--drop-stale`` first removes the records of kernels that no model has in any kind: when a
+kernel's computation changes, its structural hash does too, and its old records match nothing.
+
 Runs for about two minutes per kernel on a 2-core machine; nothing else should run meanwhile,
 or the measurements that decide between tuned and hand-written are noise.
 """
@@ -73,6 +76,27 @@ def benchmark_graphs(name, kinds):
     return out
 
 
+def kernels(models, kinds, target) -> tuple[list, set]:
+    """The tunable kernels of each model and kind, each counted once across all of them
+    (``tune`` skips repeats), and the set of their record keys."""
+    from mcc.backends.tvm import kernels as K
+    from mcc.backends.tvm import lower, tuning
+
+    todo, keys = [], set()
+    for name in models:
+        graphs = demo_graphs(kinds) if name == "demo" else benchmark_graphs(name, kinds)
+        for label, graph in graphs:
+            lowered = lower.lower(graph, target, schedule=K.kernel)
+            new = []
+            for work in lowered.workloads:
+                key = tuning.workload_key(work) if isinstance(work, (K.Conv2d, K.Dense)) else None
+                if key is not None and key not in keys:
+                    keys.add(key)
+                    new.append(work)
+            todo.append((label, new))
+    return todo, keys
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=32)
@@ -80,28 +104,30 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--target", default="x86")
     parser.add_argument("--dry-run", action="store_true", help="count the kernels, tune nothing")
+    parser.add_argument("--drop-stale", action="store_true",
+                        help="first remove the records of kernels that no model of any kind has")
     args = parser.parse_args(argv)
 
-    from mcc.backends.tvm import kernels as K
-    from mcc.backends.tvm import lower, tuning
+    from mcc.backends.tvm import tuning
     from mcc.backends.tvm.target import resolve
 
     target = resolve(args.target)
     database = tuning.SHIPPED / f"{target.key()}.jsonl"
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    todo, keys = [], set()
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        graphs = demo_graphs(kinds) if name == "demo" else benchmark_graphs(name, kinds)
-        for label, graph in graphs:
-            lowered = lower.lower(graph, target, schedule=K.kernel)
-            new = []
-            for work in lowered.workloads:  # counted once across models; tune() skips repeats
-                key = tuning.workload_key(work) if isinstance(work, (K.Conv2d, K.Dense)) else None
-                if key is not None and key not in keys:
-                    keys.add(key)
-                    new.append(work)
-            print(f"{label}: {len(new)} new kernels to tune", flush=True)
-            todo.append((label, new))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.drop_stale:
+        _, current = kernels(MODELS, list(KINDS), target)
+        db = tuning.Database(database, target)
+        stale = [key for key in db.records if key[1] not in current]
+        for key in stale:
+            del db.records[key]
+        print(f"{len(stale)} of {len(stale) + len(db.records)} records are stale: no kernel of "
+              "the demo and benchmark models has their key", flush=True)
+        if not args.dry_run:
+            db.save(database)
+    todo, _ = kernels(models, kinds, target)
+    for label, works in todo:
+        print(f"{label}: {len(works)} new kernels to tune", flush=True)
     if args.dry_run:
         return 0
     for label, works in todo:
