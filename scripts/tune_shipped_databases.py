@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         print(f"{len(stale)} of {len(stale) + len(db.records)} records are stale: no kernel of "
               "the demo and benchmark models has their key", flush=True)
         if not args.dry_run:
-            db.save(database)
+            db.save(database, merge=False)
     todo, _ = kernels(models, kinds, target)
     for label, works in todo:
         print(f"{label}: {len(works)} new kernels to tune", flush=True)

@@ -158,11 +158,13 @@ class Database:
         lines = sorted(json.dumps(r.to_json(), sort_keys=True) for r in self.records.values())
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
-    def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write all records (atomically), keeping other targets' records already in the file."""
+    def save(self, path: str | os.PathLike | None = None, *, merge: bool = True) -> Path:
+        """Write all records (atomically), keeping the records already in the file (other
+        targets', another process's) unless ``merge`` is False: then the file holds exactly
+        these records (how records are removed)."""
         path = Path(path or self.path)
         keep = {}
-        if path.exists():
+        if merge and path.exists():
             for record in Database(path).records.values():
                 keep[(record.target, record.workload)] = record
         for key, record in self.records.items():

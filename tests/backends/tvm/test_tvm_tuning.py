@@ -125,6 +125,18 @@ def test_save_round_trips_and_keeps_other_targets_records(tmp_path):
     assert all(json.loads(line)["mcc_tuning"] == 1 for line in lines)
 
 
+
+def test_save_without_merge_writes_exactly_the_records_held(tmp_path):
+    """How records are removed (scripts/tune_shipped_databases.py --drop-stale): a merging save
+    would put a dropped record back from the file."""
+    path = write(tmp_path / "db.jsonl", record("w1", 5e-4), record("w2", 2e-4))
+    db = Database(path, HOST)
+    del db.records[(HOST.key(), "w1")]
+    db.save()
+    assert {r.workload for r in Database(path, HOST).records.values()} == {"w1", "w2"}
+    db.save(merge=False)
+    assert {r.workload for r in Database(path, HOST).records.values()} == {"w2"}
+
 def test_digest_ignores_record_order(tmp_path):
     a = write(tmp_path / "a.jsonl", record("w1"), record("w2", 3e-4))
     b = write(tmp_path / "b.jsonl", record("w2", 3e-4), record("w1"))
