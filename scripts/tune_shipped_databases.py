@@ -123,7 +123,7 @@ def main(argv=None) -> int:
             del db.records[key]
         print(f"{len(stale)} of {len(stale) + len(db.records)} records are stale: no kernel of "
               "the demo and benchmark models has their key", flush=True)
-        if not args.dry_run:
+        if stale and not args.dry_run:
             db.save(database, merge=False)
     todo, _ = kernels(models, kinds, target)
     for label, works in todo:
