@@ -4,7 +4,8 @@ and the elementwise and pooling steps of the integer path, each with a hand-writ
 Why hand-written: TVM's untuned CPU build of a convolution is a scalar loop nest (ResNet-18 at
 about 2 s per image). These schedules are what TOPI's x86 ``conv2d_NCHWc`` schedules did, redone
 in TensorIR: a register tile of output pixels × output channel blocks held in vector registers,
-the reduction outside it, output rows in parallel, the epilogue fused per tile. On AVX-512 the
+the pixels consecutive in memory order (across row ends, see ``Conv2d.flat_pixels``), the
+reduction outside the tile, tiles in parallel, the epilogue fused per tile. On AVX-512 the
 tile is 8 pixels × 2 blocks of 16 channels (16 zmm accumulators), on AVX2 6 pixels × 1 block
 (12 ymm), on aarch64 6 pixels × 1 block (24 of NEON's 32 q registers). Measured on one Zen
 core (benchmarks/tvm_kernels.py): ResNet-18's convolutions at ~480 GMAC/s in int8 (VNNI) and
