@@ -6,7 +6,7 @@ about 2 s per image). These schedules are what TOPI's x86 ``conv2d_NCHWc`` sched
 in TensorIR: a register tile of output pixels × output channel blocks held in vector registers,
 the pixels consecutive in memory order (across row ends, see ``Conv2d.flat_pixels``), the
 reduction outside the tile, tiles in parallel, the epilogue fused per tile. On AVX-512 the
-tile is 8 pixels × 2 blocks of 16 channels (16 zmm accumulators), on AVX2 6 pixels × 1 block
+tile is 14 pixels × 2 blocks of 16 channels (28 zmm accumulators), on AVX2 6 pixels × 1 block
 (12 ymm), on aarch64 6 pixels × 1 block (24 of NEON's 32 q registers). Measured on one Zen
 core (benchmarks/tvm_kernels.py): ResNet-18's convolutions at ~480 GMAC/s in int8 (VNNI) and
 ~130 GMAC/s in float32, close to the core's peak; a meta_schedule record (see
@@ -155,17 +155,24 @@ def _pixel_tile(width: int, at_most: int) -> int:
 
 
 def _register_tile(w, blocks: int) -> tuple[int, int]:
-    """(pixels, channel blocks): 8 × 2 blocks of 16 = 16 zmm accumulators with AVX-512;
-    6 × 1 block = 12 ymm with AVX2, which has 16 registers, or 24 q registers of NEON's 32.
-    Tiles of a ``flat_pixels`` convolution cross row ends and keep the full size (unless the
-    image has fewer pixels); where a tile stays within one output row (CUDA, depthwise), a
-    row whose width the tile does not divide computes extra columns, or takes a smaller
-    tile."""
-    pixels, tile_c = (6, 1) if w.isa in _NARROW else (8, 2 if blocks % 2 == 0 else 1)
+    """(pixels, channel blocks). A CPU (``flat_pixels``) convolution on AVX-512 keeps 14 × 2
+    blocks of 16 = 28 of the 32 zmm registers as accumulators, the other four for two weight
+    vectors and the broadcast input: 8 × 2 (16 accumulators) left the multiply-adds waiting
+    on their latency (ResNet-18's convolutions on two cores of a VNNI Xeon: float32 11.0 →
+    9.7 ms, int8 2.97 → 2.71 ms; as ``skylake-avx512``, int8 on ``vpmaddwd``, 9.14 → 8.71 ms;
+    12 × 2 and 7 × 4 measured between 8 and 14, 6 × 4 and 16 × 2 slower). ``vpmaddubsw`` on
+    7-bit weights without VNNI needs two more registers (its int16 products and the vector of
+    ones) and takes 10 × 2 (8.4 → 6.5 ms; 14 × 2 spills, 8.7 ms). AVX2 has 16 ymm registers:
+    6 pixels × 1 block = 12 accumulators; NEON 24 of its 32 q registers. Depthwise and CUDA
+    tiles stay within one output row and keep 8 pixels: a row whose width the tile does not
+    divide computes extra columns, or takes a smaller tile."""
+    wide = w.isa not in _NARROW
+    tile_c = 2 if wide and blocks % 2 == 0 else 1
     if getattr(w, "flat_pixels", False):
         oh, ow = w.out_hw
-        return min(pixels, oh * ow), tile_c
-    return _pixel_tile(w.out_hw[1], pixels), tile_c
+        maddubsw = w.dtype == "int8" and w.narrow and not w.vnni
+        return min((10 if maddubsw else 14) if wide else 6, oh * ow), tile_c
+    return _pixel_tile(w.out_hw[1], 8 if wide else 6), tile_c
 
 
 @dataclass(frozen=True)
@@ -301,7 +308,7 @@ def target_fields(target) -> dict:
     return target.kernel_fields()
 
 
-#: ISAs whose register file holds a 6-pixel × 1-block tile, not AVX-512's 8 × 2.
+#: ISAs whose register file holds a 6-pixel × 1-block tile, not AVX-512's 14 × 2.
 _NARROW = ("avx2", "neon", "dotprod")
 
 
