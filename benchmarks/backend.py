@@ -27,7 +27,7 @@ Every engine gets the same thread count (``--threads``, default all cores): ``TV
 is set before TVM is imported, ORT's ``intra_op_num_threads``, ``torch.set_num_threads``. The
 machines are shared, so the measurement is interleaved: each of ``--repeat`` rounds runs every
 engine once untimed (it restores that engine's caches after the others ran) and once timed, in
-an order that rotates from round to round, with a 5 ms pause between engines so that the thread
+an order that rotates from round to round, with a 50 ms pause between engines so that the thread
 pool of the one before has stopped spinning. Reported: the median over rounds. Only the ratios
 of one run mean anything; absolute milliseconds depend on what else the machine was doing.
 
@@ -77,7 +77,7 @@ LABELS = {"torch": "PyTorch", "ort_fp32": "ORT fp32", "ort_int8": "ORT int8",
           "mcc_int8_hand": "mcc int8 hand", "mcc_int8w7_hand": "mcc w7 hand",
           "torch_cuda": "PyTorch GPU", "mcc_cuda_fp32": "mcc GPU fp32",
           "mcc_cuda_int8": "mcc GPU int8"}
-PAUSE_S = 0.005
+PAUSE_S = 0.05
 
 
 def parse_args(argv=None) -> argparse.Namespace:
