@@ -64,7 +64,9 @@ U8_RELU = K.Epilogue("fixed", out_dtype="uint8", zero_point=0, qmin=0, qmax=255)
     dict(ic=32, oc=32, hw=9, k=1, stride=1, pad=0, epilogue=K.Epilogue("int32")),
     dict(ic=32, oc=48, hw=11, k=3, stride=1, pad=1,
          epilogue=K.Epilogue("scale", out_dtype="uint8", zero_point=100, qmin=100, qmax=255)),
-], ids=["3x3-u8-padded-oc", "stem-c3-stride2-int8", "1x1-int32", "3x3-float-scale-relu"])
+    dict(ic=32, oc=64, hw=7, k=3, stride=1, pad=1, epilogue=U8_RELU),
+], ids=["3x3-u8-padded-oc", "stem-c3-stride2-int8", "1x1-int32", "3x3-float-scale-relu",
+        "7x7-tile-7x4"])
 def test_int8_conv_is_exact_on_host(case):
     got, expected = _int8_conv_case(HOST, np.random.default_rng(0), **case)
     assert got.shape == expected.shape
@@ -158,6 +160,25 @@ def _asm(work, target_name):
     return K.Compiled(work, resolve(target_name)).module.inspect_source("asm")
 
 
+@pytest.mark.parametrize("target, dtype, narrow, oc, size, tile", [
+    ("cascadelake", "float32", False, 64, 56, (14, 2)),   # 3136 pixels: whole 14-pixel tiles
+    ("cascadelake", "float32", False, 960, 7, (7, 3)),    # 49 pixels: 7 x 3 blocks, no waste
+    ("cascadelake", "float32", False, 1280, 7, (7, 2)),   # 80 blocks: 3 does not divide them
+    ("cascadelake", "int8", False, 512, 7, (7, 4)),
+    ("cascadelake", "int8", False, 160, 7, (7, 2)),
+    ("cascadelake", "float32", False, 16, 7, (14, 1)),    # one block: no 7-pixel tile fits
+    ("skylake-avx512", "int8", True, 512, 7, (10, 2)),    # vpmaddubsw: two registers fewer
+    ("haswell", "int8", False, 512, 7, (6, 1)),
+])
+def test_register_tiles(target, dtype, narrow, oc, size, tile):
+    """The register tile of a CPU convolution: 14 pixels x 2 blocks on AVX-512 unless the
+    pixel count is a multiple of 7 but not of 14 (7 x 7 outputs), where 7-pixel tiles with as
+    many channel blocks as the registers allow compute no pixel twice."""
+    work = K.Conv2d(1, 64, size, size, oc, (1, 1), dtype=dtype, narrow=narrow,
+                    **K.target_fields(resolve(target)))
+    assert work.register_tile == tile
+
+
 def test_int8_kernels_use_the_intended_instructions():
     """VNNI: vpdpbusd; AVX-512 without VNNI: vpmaddwd on zmm; AVX2: vpmaddwd on ymm; the
     saturating vpmaddubsw only for 7-bit weights, where it cannot saturate."""
@@ -198,10 +219,11 @@ def test_float_conv_matches_torch_with_fused_residual():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("isa", ["avx2", None])  # 6 pixels x 1 block; 14 x 2 blocks (AVX-512's)
-@pytest.mark.parametrize("batch,oc,h,w,stride", [(2, 64, 7, 7, 1), (1, 48, 5, 9, 1), (1, 32, 2, 2, 1),
-                                                 (1, 64, 4, 6, 1), (2, 32, 13, 13, 2), (1, 64, 14, 9, 2)])
-def test_float_pointwise_conv_tiles_across_rows(isa, batch, oc, h, w, stride):
+@pytest.mark.parametrize("isa", ["avx2", None])  # 6 pixels x 1 block; AVX-512's 14 x 2 or 7 x 2
+@pytest.mark.parametrize("batch,oc,h,w,stride,avx512_tile", [
+    (2, 64, 7, 7, 1, 7), (1, 48, 5, 9, 1, 14), (1, 32, 2, 2, 1, 4), (1, 64, 4, 6, 1, 14),
+    (2, 32, 13, 13, 2, 7), (1, 64, 14, 9, 2, 7)])
+def test_float_pointwise_conv_tiles_across_rows(isa, batch, oc, h, w, stride, avx512_tile):
     """1x1 float convolutions tile the output pixels in memory order, across row ends (a
     strided one gathers every other input pixel); the tail tile reads the last pixel again,
     and only the real pixels are stored."""
@@ -213,7 +235,7 @@ def test_float_pointwise_conv_tiles_across_rows(isa, batch, oc, h, w, stride):
                     epilogue=K.Epilogue("float", clamp=(0.0, 6.0), residual=True))
     assert work.flat_pixels
     tile = work.register_tile[0]
-    assert tile == min(6 if isa else 14, expected.shape[2] * expected.shape[3])
+    assert tile == (min(6, expected.shape[2] * expected.shape[3]) if isa else avx512_tile)
     padded = np.zeros((oc, 32, 1, 1), np.float32)
     padded[:, :24] = weight.numpy()
     got = K.Compiled(work, HOST)(K.pack_activation(x.numpy(), 16, 32),
