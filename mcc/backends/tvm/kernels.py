@@ -903,16 +903,24 @@ def _schedule_elementwise(w, func: tvm.tirx.PrimFunc) -> Schedule:
 
 
 def schedule_pool(w: Pool2d, func: tvm.tirx.PrimFunc) -> Schedule:
-    """One output pixel's 16 channels per step, the window reduced in registers."""
+    """A tile of up to 8 output pixels of a row × 16 channels per step, the windows reduced in
+    registers, the padding read in place (a bounds check per tap) as in depthwise kernels.
+    One pixel per step with a padded copy first ran ResNet-18's float 3×3 max pool at 0.36 ms
+    on one Xeon core: a chain of dependent maxima per pixel, and the copy's extra traffic."""
     sch = Schedule(func)
-    _schedule_pad(sch)
+    try:
+        sch.compute_inline(sch.get_sblock("pad"))
+    except Exception:  # no padding
+        pass
     acc = sch.get_sblock("conv")
     n, c, y, x, b, rkh, rkw = sch.get_loops(acc)
-    sch.reorder(n, c, y, x, rkh, rkw, b)
+    x_o, x_i = sch.split(x, [None, _largest_divisor(w.out_hw[1], 8)])
+    sch.reorder(n, c, y, x_o, rkh, rkw, x_i, b)
     sch.parallel(sch.fuse(n, c, y))
     sch.set_scope(acc, 0, "local")
-    sch.reverse_compute_at(sch.get_sblock("out"), x)
+    sch.reverse_compute_at(sch.get_sblock("out"), x_o)
     sch.vectorize(sch.get_loops(sch.get_sblock("out"))[-1])
+    sch.unroll(x_i)
     sch.vectorize(b)
     init = sch.decompose_reduction(acc, rkh)
     sch.vectorize(sch.get_loops(init)[-1])

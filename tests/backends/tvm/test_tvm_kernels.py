@@ -324,6 +324,13 @@ def test_float_pooling_matches_torch():
     packed = K.pack_activation(x.numpy(), 16)
     got = K.Compiled(K.Pool2d("max", 1, 16, 8, 8, (3, 3), (2, 2), (1, 1, 1, 1)), HOST)(packed)
     np.testing.assert_array_equal(K.unpack_activation(got, 16), F.max_pool2d(x, 3, 2, 1).numpy())
+    # rows of several 8- and 5-pixel tiles, the padding read in place at both ends of a row
+    for size, stride in ((32, 2), (20, 1)):
+        rows = torch.randn(2, 32, size, size) - 3  # mostly negative: padding must not win
+        work = K.Pool2d("max", 2, 32, size, size, (3, 3), (stride, stride), (1, 1, 1, 1))
+        got = K.Compiled(work, HOST)(K.pack_activation(rows.numpy(), 16))
+        np.testing.assert_array_equal(K.unpack_activation(got, 32),
+                                      F.max_pool2d(rows, 3, stride, 1).numpy())
     got = K.Compiled(K.Pool2d("avg", 1, 16, 8, 8, (8, 8), (1, 1)), HOST)(packed)
     torch.testing.assert_close(torch.from_numpy(K.unpack_activation(got, 16)),
                                x.mean(dim=(2, 3), keepdim=True), rtol=1e-5, atol=1e-6)
