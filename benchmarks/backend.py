@@ -48,7 +48,7 @@ and the float model). ``--untuned`` adds
 (mcc's hand-written schedules only), to show side by side what the shipped database buys.
 ``--profile`` adds, per model, the slowest kernels of both mcc artifacts (timed through the Relax VM's
 instrument hook) next to ONNX Runtime's own per-operator profile. Writes
-benchmarks/results/backend.json.
+benchmarks/results/backend_<target>.json (``haswell``, ``cascadelake``: what ``x86`` resolved to).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results" / "backend.json"
+RESULTS = Path(__file__).parent / "results"
 MODELS = ("resnet18", "resnet50", "mobilenet_v2")
 ENGINES = ("torch", "ort_fp32", "ort_int8", "mcc_fp32", "mcc_int8", "mcc_int8w7")
 #: With --untuned, also the two int8 artifacts compiled without any tuning database.
@@ -93,7 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=20,
                         help="interleaved rounds, each timing every engine once "
                              "(default: %(default)s)")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the results (default: results/backend_<target>.json)")
     parser.add_argument("--calib", type=int, default=16,
                         help="calibration images for mcc and ORT int8 (default: %(default)s)")
     parser.add_argument("--agree", type=int, default=16,
@@ -531,6 +532,10 @@ def main(argv=None) -> dict:
                "rows": rows, "targets": targets}
     if profiles:
         results["profiles"] = profiles
+    if args.json is None:
+        from mcc.backends.tvm.target import resolve
+
+        args.json = RESULTS / f"backend_{resolve('x86').name}.json"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
