@@ -168,7 +168,7 @@ def _register_tile(w, blocks: int) -> tuple[int, int]:
     ones) and takes 10 × 2 (8.4 → 6.5 ms; 14 × 2 spills, 8.7 ms). Where 14 leaves a partial
     tile but 7 divides the pixels (7 × 7 outputs: 49 = 3.5 tiles) the tile is 7 pixels × 4
     blocks for int8 (one core: ResNet-50's 512→2048 1×1 265 → 326 GMAC/s, ResNet-18's 3×3
-    327 → 398, MobileNetV2's 160→960 196 → 260; as ``skylake-avx512`` 6-10% faster) and 7 × 3
+    327 → 360-398, MobileNetV2's 160→960 196 → 260; as ``skylake-avx512`` 6-10% faster) and 7 × 3
     or 7 × 2 for float32 (7 × 4 measured 73 against 14 × 2's 84 GMAC/s; 7 × 3 where 3 divides
     the blocks, 88 → 98; 7 × 2, 84 → 86-91). AVX2 has 16 ymm registers:
     6 pixels × 1 block = 12 accumulators; NEON 24 of its 32 q registers. Depthwise and CUDA
@@ -612,10 +612,11 @@ def _schedule_tile(sch: Schedule, pixels, channels, reduction, tile_n: int, intr
     Parallel tasks: the outer loops, times as many runs of consecutive tiles as it takes to
     reach :data:`PARALLEL_UNITS`, the runs of tiles outermost if ``pixels_first`` (after the
     batch): a thread then reads part of the input and all the weights rather than all the
-    input and part of the weights, the better split where the input is the larger. The outer loops alone left MobileNetV2's narrow layers on one
-    thread (a 32-channel output is one pair of blocks; 144 channels, 9 blocks, split 5:4); one
-    task per tile made TVM allocate the tile's workspace per tile, which cost more than the
-    tile (a 32→144 int8 1×1 convolution 2.6× slower). Both cores of the VNNI Xeon:
+    input and part of the weights, the better split where the input is the larger. The outer
+    loops alone left MobileNetV2's narrow layers on one thread (a 32-channel output is one pair
+    of blocks; 144 channels, 9 blocks, split 5:4); one task per tile made TVM allocate the
+    tile's workspace per tile, which cost more than the tile (a 32→144 int8 1×1 convolution
+    2.6× slower). Both cores of the VNNI Xeon:
     MobileNetV2 float32 3.88 → 3.37 ms, int8 2.14 → 1.92 ms; ResNet-18/50 unchanged."""
     conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
     *outer, tiled = pixels
@@ -908,10 +909,8 @@ def schedule_pool(w: Pool2d, func: tvm.tirx.PrimFunc) -> Schedule:
     One pixel per step with a padded copy first ran ResNet-18's float 3×3 max pool at 0.36 ms
     on one Xeon core: a chain of dependent maxima per pixel, and the copy's extra traffic."""
     sch = Schedule(func)
-    try:
+    if any(w.padding):
         sch.compute_inline(sch.get_sblock("pad"))
-    except Exception:  # no padding
-        pass
     acc = sch.get_sblock("conv")
     n, c, y, x, b, rkh, rkw = sch.get_loops(acc)
     x_o, x_i = sch.split(x, [None, _largest_divisor(w.out_hw[1], 8)])
